@@ -1,0 +1,111 @@
+# loraship training image: `make image` builds it; docs/docker.md explains it.
+#
+# The install steps are the ones `make setup` runs on a workstation, in the same order:
+#   1. pip install torch==$TORCH_VERSION      (here: the CUDA build)
+#   2. pip install '.[$EXTRAS]'                 (training + export extras)
+#   3. python build/provision_llamacpp.py       (llama.cpp converter for that llama-cpp-python)
+# tests/test_container.py fails when the torch pin or the extras drift from the Makefile.
+#
+# The base is CUDA's small "base" flavour on purpose: the torch wheel ships its own CUDA
+# runtime and cuDNN, so a cudnn-runtime base would carry them twice (gigabytes). The image
+# needs only the driver hooks the NVIDIA Container Toolkit adds. Any Debian/Ubuntu with
+# Python >= 3.11 works (BASE_IMAGE=debian:bookworm gives a CPU image).
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+
+# ---------------------------------------------------------------- builder
+# Compilers live only here: llama-cpp-python compiles llama.cpp from its sdist.
+FROM ${BASE_IMAGE} AS builder
+
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      build-essential ca-certificates cmake python3 python3-dev python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+
+# A venv, because Ubuntu 24.04's Python refuses system-wide pip installs (PEP 668), and
+# because one folder is easy to copy into the runtime stage without the compilers.
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Package mirrors, when a site needs them (no default: pip's own default is kept).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+
+# 1. torch, pinned. PyPI's Linux x86_64 wheel is the CUDA build; point TORCH_INDEX_URL at
+#    https://download.pytorch.org/whl/cu126 (or .../cpu) to choose another build.
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://pypi.org/simple
+RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+ && echo "torch==${TORCH_VERSION}" > /opt/torch-constraint.txt
+# Nothing installed later may swap the pinned torch for another version.
+ENV PIP_CONSTRAINT=/opt/torch-constraint.txt
+
+# 2. The project's dependencies first, read from pyproject.toml, so that editing src/
+#    does not recompile llama-cpp-python; then the project itself with the same extras
+#    (DL3013 asks for a version pin, which a local project path has no use for).
+#    GGML_NATIVE=OFF: the image runs on other CPUs than the one that built it.
+ARG EXTRAS=train,export
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+RUN python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = p.get("optional-dependencies", {}); print("\n".join(p["dependencies"] + [r for e in sys.argv[1].split(",") for r in extras[e]]))' "${EXTRAS}" > /tmp/requirements.txt \
+ && python -m pip install -r /tmp/requirements.txt
+COPY src ./src
+# hadolint ignore=DL3013
+RUN python -m pip install ".[${EXTRAS}]"
+
+# 3. The converter, by the same script a workstation runs, into a fixed folder that the
+#    runtime finds through LORASHIP_TOOLS (the repo mounted at /workspace is not needed).
+ENV LORASHIP_TOOLS=/opt/loraship/tools
+COPY build/provision_llamacpp.py build/
+# The sdist it downloads is only a cache: dropped so the runtime copy stays small.
+RUN python build/provision_llamacpp.py \
+ && rm -rf "${LORASHIP_TOOLS}/sdist"
+
+# ---------------------------------------------------------------- runtime
+FROM ${BASE_IMAGE}
+
+# libgomp1: llama.cpp's quantizer is built with OpenMP (the builder had it via gcc).
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libgomp1 python3 \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/loraship/tools /opt/loraship/tools
+
+# HOME, the HF cache and runs/ are world-writable (sticky) because `make` runs the
+# container as the caller's uid (--user), so files on the mounted repo belong to them;
+# that uid usually has no entry in /etc/passwd. Ubuntu images ship a user with uid 1000,
+# which is the uid loraship takes when no --user is given.
+ARG APP_UID=1000
+RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu 2>/dev/null || true; fi \
+ && useradd --create-home --uid "${APP_UID}" --shell /bin/bash loraship \
+ && mkdir -p /cache/huggingface /workspace/runs \
+ && chmod 1777 /home/loraship /cache/huggingface /workspace/runs
+
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/home/loraship \
+    HF_HOME=/cache/huggingface \
+    LORASHIP_TOOLS=/opt/loraship/tools \
+    PYTHONUNBUFFERED=1
+
+# make mounts the repo on /workspace and runs/ on /workspace/runs explicitly; the volume
+# declarations keep data out of the container layer when someone runs the image bare.
+VOLUME ["/cache/huggingface", "/workspace/runs"]
+WORKDIR /workspace
+# Numeric, so that Kubernetes runAsNonRoot can verify it without /etc/passwd.
+USER ${APP_UID}
+
+ENTRYPOINT ["loraship"]
+CMD ["--help"]
+
+# Last, so a new commit only changes this metadata layer.
+ARG BASE_IMAGE
+ARG GIT_REVISION=unknown
+LABEL org.opencontainers.image.title="loraship" \
+      org.opencontainers.image.description="Incremental LoRA training and GGUF export for loraship" \
+      org.opencontainers.image.revision="${GIT_REVISION}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"

