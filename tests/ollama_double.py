@@ -9,6 +9,9 @@ with the same status codes and error texts, and really generates: /api/chat and
 /api/generate render the model's TEMPLATE with loraship.gotemplate (as the server's
 Go template would) and run the GGUF blob with llama-cpp-python.
 
+Not implemented (501, never silently ignored): format, tools, images, suffix, think. A
+prompt longer than num_ctx is an error here; a real server drops old messages instead.
+
 Faults for tests: `double.faults.drop_upload_after = N` resets the connection after N
 bytes of the next blob upload (no blob is stored); `double.faults.fail_next(method,
 path, status, message)` answers the next matching request with that error.
@@ -338,7 +341,8 @@ class OllamaDouble:
         handler = type("Handler", (_Handler,), {"double": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -460,7 +464,7 @@ class OllamaDouble:
         for key in sorted(files):
             yield {"status": "parsing GGUF"}
             config = self._gguf_layer(files[key], layers) or config
-        for key, digest in sorted((body.get("adapters") or {}).items()):
+        for _key, digest in sorted((body.get("adapters") or {}).items()):
             self._gguf_layer(digest, layers, kind="adapter")
         return layers, [f"using existing layer {x['digest']}" for x in layers], config
 
@@ -591,6 +595,9 @@ class OllamaDouble:
 
     # -------------------------------------------------------------- chat and generate
     def _prepare(self, body: dict):
+        for key in ("format", "tools", "images", "suffix", "think"):
+            if body.get(key):  # fail loudly rather than answer as if honoured
+                raise HTTPError(501, f"the Ollama test double does not implement {key!r}")
         name = _name_of(body, "model")
         if not name:
             raise HTTPError(400, "model is required")

@@ -7,6 +7,8 @@ bos_token itself*; SmolLM2's BOS text is <|im_start|>, which its template writes
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from loraship import chat_templates, gotemplate, modelfile
@@ -108,3 +110,363 @@ TEMPLATES = {
     "phi3": (PHI3, "<s>", "<|endoftext|>", "phi3"),
     "phi3.5": (PHI35, "<s>", "<|endoftext|>", "phi3"),
 }
+
+CONVERSATION = [
+    {"role": "system", "content": "You answer in one short sentence."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "The capital of France is Paris."},
+    {"role": "user", "content": "And of Italy?"},
+]
+NO_SYSTEM_ROLE = {"mistral-v0.2", "gemma2"}  # their Jinja templates raise on a system message
+
+
+def hf_prompt(template: str, messages: list[dict], bos: str, eos: str) -> str:
+    """transformers' own chat-template rendering (add_generation_prompt=True), BOS rule applied."""
+    try:
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:
+        out = chat_templates.hf_render(template, messages, bos_token=bos, eos_token=eos)
+    else:
+        rendered, _ = render_jinja_template(conversations=[messages], chat_template=template,
+                                            add_generation_prompt=True, bos_token=bos, eos_token=eos)
+        out = rendered[0]
+    if "bos_token" in template and bos and out.startswith(bos):
+        out = out[len(bos):]
+    return out
+
+
+def derive(key: str):
+    pytest.importorskip("jinja2")
+    text, bos, eos, _name = TEMPLATES[key]
+    return text, bos, eos, chat_templates.derive_chat_format(text, bos_token=bos, eos_token=eos)
+
+
+@pytest.mark.parametrize("key", sorted(TEMPLATES))
+def test_family_is_recognised_with_its_stop_tokens(key):
+    fmt = derive(key)[3]
+    name = TEMPLATES[key][3]
+    assert fmt.family == name
+    end_of_turn = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "</s>",
+                   "gemma": "<end_of_turn>", "phi3": "<|end|>"}[name]
+    assert fmt.stops[0] == end_of_turn
+    assert "{{ .Prompt }}" not in fmt.template
+
+
+@pytest.mark.parametrize("key", sorted(set(TEMPLATES) - NO_SYSTEM_ROLE))
+def test_multi_turn_prompt_equals_transformers(key):
+    text, bos, eos, fmt = derive(key)
+    assert gotemplate.ollama_prompt(fmt.template, CONVERSATION) == hf_prompt(text, CONVERSATION, bos, eos)
+
+
+@pytest.mark.parametrize("key", sorted(TEMPLATES))
+def test_conversation_without_system_equals_transformers(key):
+    text, bos, eos, fmt = derive(key)
+    conv = CONVERSATION[1:]
+    assert gotemplate.ollama_prompt(fmt.template, conv) == hf_prompt(text, conv, bos, eos)
+
+
+@pytest.mark.parametrize("key", sorted(NO_SYSTEM_ROLE))
+def test_system_without_a_system_role(key):
+    """Gemma 1/2 and Mistral v0.2 raise on a system message in Jinja; Ollama still gets one
+    (Modelfile SYSTEM, or the user's). Rule: it is prepended to the first user turn with a
+    blank line, exactly as if the user had typed it there."""
+    import jinja2
+
+    text, bos, eos, fmt = derive(key)
+    with pytest.raises(jinja2.exceptions.TemplateError):
+        hf_prompt(text, CONVERSATION, bos, eos)
+    first = CONVERSATION[0]["content"] + "\n\n" + CONVERSATION[1]["content"]
+    merged = [dict(CONVERSATION[1], content=first), *CONVERSATION[2:]]
+    assert gotemplate.ollama_prompt(fmt.template, CONVERSATION) == hf_prompt(text, merged, bos, eos)
+
+
+def test_default_system_prompt_is_kept():
+    pytest.importorskip("jinja2")
+    fmt = chat_templates.derive_chat_format(SMOLLM2)
+    prompt = gotemplate.ollama_prompt(fmt.template, [{"role": "user", "content": "Hi"}])
+    assert prompt == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                      "Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    # a Modelfile SYSTEM replaces the default, as a system message does in Jinja
+    prompt = gotemplate.ollama_chat_prompt(fmt.template, [{"role": "user", "content": "Hi"}],
+                                           model_system="Be terse.")
+    assert prompt.startswith("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi")
+
+
+def test_mistral_v3_puts_system_on_the_final_user_turn():
+    pytest.importorskip("jinja2")
+    fmt = chat_templates.derive_chat_format(MISTRAL_V03, bos_token="<s>", eos_token="</s>")
+    assert gotemplate.ollama_prompt(fmt.template, CONVERSATION) == (
+        "[INST] What is the capital of France?[/INST] The capital of France is Paris.</s>"
+        "[INST] You answer in one short sentence.\n\nAnd of Italy?[/INST]")
+
+
+def test_our_jinja_rendering_matches_transformers():
+    pytest.importorskip("transformers")
+    for text, bos, eos, _ in TEMPLATES.values():
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        conv = CONVERSATION[1:]
+        (want,), _ = render_jinja_template(conversations=[conv], chat_template=text,
+                                           add_generation_prompt=True, bos_token=bos, eos_token=eos)
+        assert chat_templates.hf_render(text, conv, bos_token=bos, eos_token=eos) == want
+
+
+LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set "
+          "system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set "
+          "system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == "
+          "'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+          "user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != "
+          "false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] "
+          "%}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+          "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' "
+          "%}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+PHI4 = ("{% for message in messages %}{% if (message['role'] == 'system') %}{{'<|im_start|>system<|im_sep|>'"
+        " + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'user') %}{{'<|im_start|>user"
+        "<|im_sep|>' + message['content'] + '<|im_end|><|im_start|>assistant<|im_sep|>'}}{% elif "
+        "(message['role'] == 'assistant') %}{{message['content'] + '<|im_end|>'}}{% endif %}{% endfor %}")
+ALPACA = ("{% for m in messages %}{% if m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
+          "{% else %}### Response:\n{{ m['content'] }}\n\n{% endif %}{% endfor %}### Response:\n")
+
+
+@pytest.mark.parametrize("template", [LLAMA2, PHI4, ALPACA, "", "{{ messages[0]['content'] }}"])
+def test_unknown_family_is_refused_never_prompt_only(template):
+    pytest.importorskip("jinja2")
+    with pytest.raises(ExportError) as e:
+        chat_templates.derive_chat_format(template, bos_token="<s>", eos_token="</s>")
+    assert chat_templates.UNKNOWN in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_template_that_writes_eos_needs_the_eos_text():
+    with pytest.raises(ExportError, match="EOS token"):
+        chat_templates.derive_chat_format(MISTRAL_V02, bos_token="<s>")
+
+
+def test_custom_template_file(tmp_path):
+    path = tmp_path / "chat.tmpl"
+    path.write_text("{{ range .Messages }}<{{ .Role }}>{{ .Content }}</s>{{ end }}<assistant>")
+    fmt = chat_templates.resolve_chat_format(None, template_file=path, stops=["</s>"])
+    assert (fmt.family, fmt.template, fmt.stops) == ("custom", path.read_text(), ("</s>",))
+    with pytest.raises(ConfigError, match="--stop"):
+        chat_templates.resolve_chat_format(None, template_file=path)
+    path.write_text("Hello there")
+    with pytest.raises(ConfigError, match="neither .Messages nor .Prompt"):
+        chat_templates.custom_chat_format(path, ["</s>"])
+    path.write_text("ok\n{{ if .Prompt }}")
+    with pytest.raises(ConfigError, match="line 2"):
+        chat_templates.custom_chat_format(path, ["</s>"])
+    with pytest.raises(ConfigError, match="cannot read"):
+        chat_templates.custom_chat_format(tmp_path / "missing.tmpl", ["</s>"])
+
+
+def write_gguf(path, kv):
+    """A metadata-only GGUF (strings, u32s and string arrays)."""
+    import struct
+
+    def s(text):
+        return struct.pack("<Q", len(text.encode())) + text.encode()
+
+    def value(v):
+        if isinstance(v, str):
+            return struct.pack("<I", 8) + s(v)
+        if isinstance(v, int):
+            return struct.pack("<II", 4, v)
+        return struct.pack("<IIQ", 9, 8, len(v)) + b"".join(s(x) for x in v)
+
+    body = b"".join(s(k) + value(v) for k, v in kv.items())
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)) + body)
+    return path
+
+
+def test_chat_metadata_from_gguf(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", {
+        "general.architecture": "llama", "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "hi"],
+        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.chat_template": MISTRAL_V02})
+    assert chat_templates.gguf_chat_metadata(path) == (MISTRAL_V02, "<s>", "</s>")
+    template, bos, eos = chat_templates.gguf_chat_metadata(path)
+    assert chat_templates.derive_chat_format(template, bos_token=bos, eos_token=eos).family == "mistral"
+    (tmp_path / "x.gguf").write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(ExportError, match="not a GGUF"):
+        chat_templates.gguf_chat_metadata(tmp_path / "x.gguf")
+
+
+# ------------------------------------------------------------------ Modelfile rendering
+
+def settings(**over):
+    base = dict(template=("{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+                          "{{ end }}<|im_start|>assistant\n"),
+                stops=["<|im_end|>", "<|im_start|>"], num_ctx=4096, temperature=0.2, seed=7,
+                system="You are terse.", license="Apache-2.0")
+    return {**base, **over}
+
+
+def render(**over):
+    header = over.pop("header", {"version": "v2", "parent": "v1"})
+    return modelfile.render_modelfile(gguf_path=over.pop("gguf_path", "gguf/bot-v2-Q4_K_M.gguf"),
+                                      header=header, **settings(**over))
+
+
+def test_modelfile_layout():
+    text = render(header={"version": "v2", "parent": "v1", "base_model": "SmolLM2-135M",
+                          "gguf_sha256": "ab" * 32, "unset": None})
+    lines = text.splitlines()
+    assert lines[:5] == ["# version: v2", "# parent: v1", "# base_model: SmolLM2-135M",
+                         "# gguf_sha256: " + "ab" * 32, "FROM gguf/bot-v2-Q4_K_M.gguf"]
+    assert lines[5].startswith('TEMPLATE """{{ range .Messages }}')
+    tail = text[text.index('"""\nPARAMETER') + 4:]
+    assert tail == ('PARAMETER stop "<|im_end|>"\nPARAMETER stop "<|im_start|>"\nPARAMETER num_ctx 4096\n'
+                    'PARAMETER temperature 0.2\nPARAMETER seed 7\nSYSTEM """You are terse."""\n'
+                    'LICENSE """Apache-2.0"""\n')
+
+
+def test_modelfile_and_create_args_cannot_drift():
+    args = modelfile.ollama_create_args(**settings())
+    assert args == {"template": settings()["template"], "system": "You are terse.",
+                    "license": "Apache-2.0",
+                    "parameters": {"stop": ["<|im_end|>", "<|im_start|>"], "num_ctx": 4096,
+                                   "temperature": 0.2, "seed": 7}}
+    parsed = modelfile.modelfile_create_args(render())
+    assert parsed.pop("from") == "gguf/bot-v2-Q4_K_M.gguf"
+    assert parsed == args
+
+
+def test_optional_fields_are_left_out():
+    text = render(seed=None, system=None, license=None)
+    assert "seed" not in text and "SYSTEM" not in text and "LICENSE" not in text
+    assert "system" not in modelfile.ollama_create_args(**settings(seed=None, system=None, license=None))
+
+
+def test_header_values_cannot_escape_the_comment():
+    text = render(header={"base_model": "x\nFROM evil.gguf\r\nSYSTEM pwned", "note\nPARAMETER": "y"})
+    assert [c for c, _ in modelfile.parse_modelfile(text)].count("from") == 1
+    assert modelfile.modelfile_create_args(text)["from"] == "gguf/bot-v2-Q4_K_M.gguf"
+    assert "system" in modelfile.modelfile_create_args(text)
+    assert modelfile.modelfile_create_args(text)["system"] == "You are terse."
+
+
+@pytest.mark.parametrize("system", [
+    'Be nice."""\nFROM evil.gguf',
+    'x """   \nPARAMETER num_ctx 1',
+    '"""\nSYSTEM hijacked',
+])
+def test_system_text_that_would_end_the_value_is_refused(system):
+    with pytest.raises(ConfigError, match='ends with \'"""\'') as e:
+        render(system=system)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("system", [
+    'He said """hi""" and left.',
+    'Use "quotes" freely.\nPARAMETER temperature 9\nFROM evil.gguf\n# not a comment',
+    '""" at the start of a line is fine\nif the line goes on',
+    "  leading and trailing spaces  \n\ttabs\t",
+    "Unicode: é, 日本語, emoji 🙂",
+    '"',
+    'ends with a quote"',
+])
+def test_awkward_system_text_round_trips_exactly(system):
+    text = render(system=system, license=system)
+    parsed = modelfile.modelfile_create_args(text)
+    assert parsed["system"] == system and parsed["license"] == system
+    assert parsed["from"] == "gguf/bot-v2-Q4_K_M.gguf"
+    assert parsed["parameters"]["num_ctx"] == 4096 and parsed["parameters"]["temperature"] == 0.2
+
+
+@pytest.mark.parametrize(("system", "code"), [("bell\x07", "U+0007"), ("nbsp\xa0", "U+00A0"),
+                                               ("zero width joiner\u200d", "U+200D")])
+def test_text_the_parser_would_drop_is_refused(system, code):
+    with pytest.raises(ConfigError, match=re.escape(code)):
+        render(system=system)
+
+
+@pytest.mark.parametrize(("over", "message"), [
+    ({"stops": []}, "no stop strings"),
+    ({"stops": ["a\nb"]}, "one Modelfile line"),
+    ({"stops": ['"']}, "one Modelfile line"),
+    ({"stops": ["x", "x"]}, "repeat"),
+    ({"num_ctx": 0}, "num_ctx"),
+    ({"num_ctx": True}, "num_ctx"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"seed": 1.5}, "seed"),
+    ({"template": ""}, "TEMPLATE"),
+    ({"template": "{{ if .System }}"}, "has no {{end}}"),
+    ({"gguf_path": "/abs/m.gguf"}, "relative"),
+    ({"gguf_path": "../m.gguf"}, "relative"),
+    ({"gguf_path": "gguf/m v1.gguf"}, "relative"),
+    ({"gguf_path": "gguf/m.bin"}, "relative"),
+])
+def test_bad_inputs_are_refused(over, message):
+    with pytest.raises(ConfigError, match=message):
+        render(**over)
+
+
+# ------------------------------------------------------------------ Modelfile parsing (parser.go rules)
+
+def test_parse_rules():
+    text = ('# comment\nfrom ./m.gguf\nTemplate """line1\nline2"""\nPARAMETER stop <|im_end|>\n'
+            'parameter stop "<|im_start|>"\nPARAMETER num_ctx 8192\nPARAMETER temperature 0.5\n'
+            'PARAMETER use_mmap true\nSYSTEM You are a bot.\nMESSAGE user Hi there\n'
+            'MESSAGE assistant """Hello!\nHow can I help?"""\nLICENSE """MIT"""\nLICENSE Apache\n')
+    assert modelfile.parse_modelfile(text) == [
+        ("from", "./m.gguf"), ("template", "line1\nline2"), ("stop", "<|im_end|>"),
+        ("stop", "<|im_start|>"), ("num_ctx", "8192"), ("temperature", "0.5"), ("use_mmap", "true"),
+        ("system", "You are a bot."), ("message", "user: Hi there"),
+        ("message", "assistant: Hello!\nHow can I help?"), ("license", "MIT"), ("license", "Apache")]
+    args = modelfile.modelfile_create_args(text)
+    assert args["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>"], "num_ctx": 8192,
+                                  "temperature": 0.5, "use_mmap": True}
+    assert args["messages"] == [{"role": "user", "content": "Hi there"},
+                                {"role": "assistant", "content": "Hello!\nHow can I help?"}]
+    assert args["license"] == ["MIT", "Apache"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("FROM m.gguf\nFOO bar\n", 'line 2: command must be one of "from"'),
+    ("FROM m.gguf\nPARAMETER top_q 1\n", "unknown parameter 'top_q'"),
+    ("FROM m.gguf\nPARAMETER num_ctx big\n", r"invalid int value \[big\]"),
+    ("FROM m.gguf\nPARAMETER temperature warm\n", r"invalid float value \[warm\]"),
+    ("FROM m.gguf\nMESSAGE tool hi\n", "message role must be one of"),
+    ("SYSTEM hi\n", "no FROM line"),
+    ('FROM m.gguf\nSYSTEM """never closed\n', "unexpected EOF"),
+])
+def test_parse_errors(text, message):
+    with pytest.raises(modelfile.ModelfileError, match=message) as e:
+        modelfile.modelfile_create_args(text)
+    assert isinstance(e.value, LorashipError)
+
+
+def test_parser_behaviour_that_injection_relies_on():
+    # a value ends at the first newline where it right-trims to '"""' - the attack
+    text = 'FROM m.gguf\nSYSTEM """a"""  \nFROM evil.gguf\n'
+    assert modelfile.parse_modelfile(text) == [("from", "m.gguf"), ("system", "a"), ("from", "evil.gguf")]
+    # non-printable runes vanish silently - why they are refused when writing
+    assert modelfile.parse_modelfile('FROM m.gguf\nSYSTEM """a\x07b"""\n')[1] == ("system", "ab")
+    # a byte-order mark is ignored
+    assert modelfile.parse_modelfile("\ufeffFROM m.gguf\n") == [("from", "m.gguf")]
+
+
+# ------------------------------------------------------------------ Ollama names
+
+@pytest.mark.parametrize(("name", "parts"), [
+    ("mining-bot", ("registry.ollama.ai", "library", "mining-bot", "latest")),
+    ("mining-bot:v12", ("registry.ollama.ai", "library", "mining-bot", "v12")),
+    ("team/mining-bot:prod", ("registry.ollama.ai", "team", "mining-bot", "prod")),
+    ("localhost:5000/team/bot:v1.0", ("localhost:5000", "team", "bot", "v1.0")),
+    ("Bot_2.5:Q4_K_M", ("registry.ollama.ai", "library", "Bot_2.5", "Q4_K_M")),
+    ("m" * 80 + ":" + "t" * 80, ("registry.ollama.ai", "library", "m" * 80, "t" * 80)),
+])
+def test_valid_ollama_names(name, parts):
+    assert tuple(modelfile.split_ollama_name(name)) == parts
+    assert modelfile.validate_ollama_name(name) == name
+
+
+@pytest.mark.parametrize("name", [
+    "", "bad name", "bot:", ":tag", "a//b", "../bot", "bot/..", "-bot", "bot:-v1", "bot:v1:v2",
+    "team.x/bot", "bot@sha256:" + "a" * 64, "m" * 81, "bot:" + "t" * 81, "bot\n:v1", "bøt",
+    "a/b/c/d/e",
+])
+def test_invalid_ollama_names(name):
+    with pytest.raises(ConfigError) as e:
+        modelfile.validate_ollama_name(name)
+    assert "\n" not in str(e.value).replace(repr(name), "")

@@ -46,10 +46,17 @@ def assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tup
     return full, spans
 
 
-def encode_rows(tokenizer: Any, rows: list[dict], max_len: int) -> Encoded:
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """Train under the system prompt the model will be served with (the Modelfile's SYSTEM)."""
+    if not system or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
+def encode_rows(tokenizer: Any, rows: list[dict], max_len: int, system: str | None = None) -> Encoded:
     out = Encoded()
     for row in rows:
-        text, spans = assistant_spans(tokenizer, row["messages"])
+        text, spans = assistant_spans(tokenizer, with_system(row["messages"], system))
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         labels = [

@@ -213,7 +213,8 @@ def verify_cmd(model, config_path, sets, version):
 @click.option("--force", is_flag=True, help="Replace a tag that exists with a different digest.")
 @click.option("--template", "template_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An Ollama Go TEMPLATE file, for a chat template loraship does not recognise.")
-def register_cmd(model, config_path, sets, version, force, template_file):
+@click.option("--stop", "stops", multiple=True, help="End-of-turn stop string (repeatable; required with --template).")
+def register_cmd(model, config_path, sets, version, force, template_file, stops):
     """Write the Modelfile and create <model>:vN in Ollama (OLLAMA_HOST) through the official client.
 
     \b
@@ -222,7 +223,8 @@ def register_cmd(model, config_path, sets, version, force, template_file):
       OLLAMA_HOST=http://gpu-box:11434 loraship register -m mining v2
     """
     cfg = _cfg(model, config_path, sets)
-    v, rec = pipeline.stage_register(model, cfg, version, force=force, template_file=template_file, log=_log,
+    v, rec = pipeline.stage_register(model, cfg, version, force=force, template_file=template_file,
+                                     stops=list(stops) or None, log=_log,
                                      progress=_progress_bar("upload", "B"))
     if rec.get("noop"):
         click.echo(f"{rec['tag']} is already registered on {rec['host']} ({rec['digest'][:19]})")

@@ -8,6 +8,7 @@ one-line ConfigError naming the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ class Config:
         return dataclasses.asdict(self)
 
 
+_YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -126,6 +130,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _YAML11_FLOAT.match(value.strip()):
+        return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string; everyone means the number
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
     if dataclasses.is_dataclass(tp):

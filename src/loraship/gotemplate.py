@@ -16,9 +16,12 @@ around it (collating messages, the legacy .Prompt/.Response path).
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 
@@ -51,8 +54,7 @@ class Message:
 
 # ---------------------------------------------------------------- lexer
 
-@dataclass
-class _Tok:
+class _Tok(NamedTuple):
     kind: str   # field var dot str num bool nil ident ( ) , := = | space
     value: Any
     line: int
@@ -100,178 +102,84 @@ def _split(src: str) -> list[tuple[str, Any, int]]:
         items.append(("action", toks, line))
 
 
+_TOKEN = re.compile(r"""
+    (?P<space>[ \t\r\n]+) | (?P<op>:=|[(),|=]) | (?P<str>"(?:[^"\\\n]|\\.)*") | (?P<raw>`[^`]*`)
+  | (?P<field>\.[A-Za-z_][A-Za-z0-9_]*) | (?P<dot>\.) | (?P<var>\$[A-Za-z0-9_]*)
+  | (?P<num>[-+]?[0-9][0-9A-Za-z_.]*(?:[eEpP][-+][0-9]+)?) | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+""", re.VERBOSE)
+
+
 def _lex_action(src: str, i: int, line: int) -> tuple[list[_Tok], int, bool]:
+    """Tokens of one action up to its `}}` (or ` -}}`, which trims the text after it)."""
     toks: list[_Tok] = []
     while True:
-        if i >= len(src):
-            raise _fail("unclosed action: missing '}}'", line)
-        c = src[i]
-        if c in _SPACE and src.startswith("-}}", i + 1):
-            return toks, i + 4, True
         if src.startswith("}}", i):
             return toks, i + 2, False
-        if c in _SPACE:
-            while i < len(src) and src[i] in _SPACE and not src.startswith("-}}", i + 1):
-                i += 1
+        m = _TOKEN.match(src, i)
+        if m is None:
+            if i >= len(src):
+                raise _fail("unclosed action: missing '}}'", line)
+            if src[i] in "\"`":
+                raise _fail("unterminated quoted string", line)
+            raise _fail(f"unexpected character {src[i]!r} in action", line)
+        kind, text, i = m.lastgroup, m.group(), m.end()
+        if kind == "space":
+            if src.startswith("-}}", i):  # the last space belongs to the trim marker
+                return toks + [_Tok("space", None, line)] * (len(text) > 1), i + 3, True
             toks.append(_Tok("space", None, line))
-            continue
-        i = _lex_token(src, i, line, toks)
-
-
-def _lex_token(src: str, i: int, line: int, toks: list[_Tok]) -> int:
-    c = src[i]
-    if c in "(),|":
-        toks.append(_Tok(c, c, line))
-        return i + 1
-    if src.startswith(":=", i):
-        toks.append(_Tok(":=", ":=", line))
-        return i + 2
-    if c == "=":
-        toks.append(_Tok("=", "=", line))
-        return i + 1
-    if c == '"':
-        return _lex_string(src, i, line, toks)
-    if c == "`":
-        end = src.find("`", i + 1)
-        if end < 0:
-            raise _fail("unterminated raw string", line)
-        toks.append(_Tok("str", src[i + 1:end], line))
-        return end + 1
-    if c == "." and not (i + 1 < len(src) and (src[i + 1].isalnum() or src[i + 1] == "_")):
-        toks.append(_Tok("dot", ".", line))
-        return i + 1
-    j = i + 1
-    if c == "-" or c.isdigit():
-        while j < len(src) and (src[j].isalnum() or src[j] in "._+-"):
-            j += 1
-        return _lex_number(src[i:j], line, toks, j)
-    while j < len(src) and (src[j].isalnum() or src[j] == "_"):
-        j += 1
-    word = src[i:j]
-    if c == ".":
-        toks.append(_Tok("field", word[1:], line))
-    elif c == "$":
-        toks.append(_Tok("var", word, line))
-    elif word in ("true", "false"):
-        toks.append(_Tok("bool", word == "true", line))
-    elif word == "nil":
-        toks.append(_Tok("nil", None, line))
-    elif word.isidentifier():
-        toks.append(_Tok("ident", word, line))
-    else:
-        raise _fail(f"unexpected character {c!r} in action", line)
-    return j
-
-
-def _lex_number(text: str, line: int, toks: list[_Tok], end: int) -> int:
-    try:
-        value: Any = int(text, 0)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise _fail(f"bad number syntax: {text!r}", line) from None
-    toks.append(_Tok("num", value, line))
-    return end
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "a": "\a", "b": "\b",
-            "f": "\f", "v": "\v"}
-
-
-def _lex_string(src: str, i: int, line: int, toks: list[_Tok]) -> int:
-    out, j = [], i + 1
-    while True:
-        if j >= len(src) or src[j] == "\n":
-            raise _fail("unterminated quoted string", line)
-        c = src[j]
-        if c == '"':
-            toks.append(_Tok("str", "".join(out), line))
-            return j + 1
-        if c != "\\":
-            out.append(c)
-            j += 1
-            continue
-        e = src[j + 1:j + 2]
-        if e in _ESCAPES:
-            out.append(_ESCAPES[e])
-            j += 2
-        elif e in ("x", "u", "U"):
-            width = {"x": 2, "u": 4, "U": 8}[e]
-            digits = src[j + 2:j + 2 + width]
-            try:
-                out.append(chr(int(digits, 16)))
-            except ValueError:
-                raise _fail(f"bad escape \\{e}{digits} in string", line) from None
-            j += 2 + width
         else:
-            raise _fail(f"unsupported escape \\{e} in string", line)
+            toks.append(_Tok(*_token_value(kind, text, line), line))
+
+
+def _token_value(kind: str, text: str, line: int) -> tuple[str, Any]:
+    if kind == "op":
+        return text, text
+    if kind == "str":
+        if "\\'" in text:
+            raise _fail(f"unknown escape sequence in {text}", line)
+        try:  # Go and Python share these escapes (\n \t \\ \" \xHH \uHHHH ...)
+            return "str", ast.literal_eval(text)
+        except (SyntaxError, ValueError):
+            raise _fail(f"bad string literal {text}", line) from None
+    if kind == "raw":
+        return "str", text[1:-1]
+    if kind == "field":
+        return "field", text[1:]
+    if kind == "num":
+        try:
+            return "num", int(text, 0)
+        except ValueError:
+            try:
+                return "num", float(text)
+            except ValueError:
+                raise _fail(f"bad number syntax: {text!r}", line) from None
+    if kind == "word" and text in ("true", "false"):
+        return "bool", text == "true"
+    if kind == "word":
+        return ("nil", None) if text == "nil" else ("ident", text)
+    return kind, text  # dot, var
 
 
 # ---------------------------------------------------------------- parser
 
-@dataclass
-class _Pipe:
-    decl: list[str]
-    assign: bool
-    args: list[Any]
+# The syntax tree; `names` are trailing field selectors (.A.B).
+class _Pipe(NamedTuple):
+    decl: list[str]     # variables declared or assigned by the action
+    assign: bool        # `=` rather than `:=`
+    args: list[Any]     # one command: a function and its operands, or a single operand
     line: int
 
 
-@dataclass
-class _Field:
-    names: list[str]
-
-
-@dataclass
-class _Var:
-    name: str
-    names: list[str]
-
-
-@dataclass
-class _Dot:
-    pass
-
-
-@dataclass
-class _Lit:
-    value: Any
-
-
-@dataclass
-class _Func:
-    name: str
-
-
-@dataclass
-class _Sub:
-    pipe: _Pipe
-    names: list[str]
-
-
-@dataclass
-class _Text:
-    text: str
-
-
-@dataclass
-class _Action:
-    pipe: _Pipe
-
-
-@dataclass
-class _If:
-    pipe: _Pipe
-    body: list[Any]
-    orelse: list[Any] | None
-
-
-@dataclass
-class _Range:
-    pipe: _Pipe
-    body: list[Any]
-    orelse: list[Any] | None
+_Field = namedtuple("_Field", "names")
+_Var = namedtuple("_Var", "name names")
+_Dot = namedtuple("_Dot", "")
+_Lit = namedtuple("_Lit", "value")
+_Func = namedtuple("_Func", "name")
+_Sub = namedtuple("_Sub", "pipe names")          # (pipeline).Field
+_Text = namedtuple("_Text", "text")
+_Action = namedtuple("_Action", "pipe")
+_If = namedtuple("_If", "pipe body orelse")
+_Range = namedtuple("_Range", "pipe body orelse")
 
 
 class _Parser:

@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import gotemplate
+from .chat_templates import (  # noqa: F401  (re-exported: the Modelfile's TEMPLATE and stops)
+    ChatFormat,
+    derive_chat_format,
+    gguf_chat_metadata,
+    resolve_chat_format,
+)
 from .errors import ConfigError
 
 # api.Options JSON names and their Go kinds, plus the deprecated ones parser.go still accepts.
@@ -77,7 +83,7 @@ def split_ollama_name(name: str) -> OllamaName:
     if len(parts) >= 2:
         ns = parts[-2]
     parsed = OllamaName(host, ns, parts[-1], tag)
-    for kind, value in zip(OllamaName._fields, parsed):
+    for kind, value in zip(OllamaName._fields, parsed, strict=True):
         if not _valid_part(kind, value):
             raise ConfigError(
                 f"Ollama name {name!r} is not valid: the {kind} {value!r} must be 1-"
@@ -124,7 +130,7 @@ def _triple(field: str, value: str) -> str:
 def _quoted(field: str, value: str) -> str:
     """Single-line `"..."` form, used for stop strings."""
     _check_text(field, value)
-    if not value or "\n" in value or "\r" in value or ('"' + value).startswith('"""'):
+    if not value or "\n" in value or "\r" in value or ('"' + value + '"').startswith('"""'):
         raise ConfigError(f"{field} {value!r} cannot be written on one Modelfile line; "
                           "use a non-empty, single-line stop string")
     return '"' + value + '"'
@@ -200,12 +206,13 @@ def ollama_create_args(**settings: Any) -> dict[str, Any]:
 
 def render_modelfile(*, gguf_path: str, header: dict[str, Any] | None = None,
                      **settings: Any) -> str:
-    """The Modelfile text: header comments, FROM, TEMPLATE, PARAMETERs, SYSTEM, LICENSE."""
+    """The Modelfile text: header comments (None values left out), FROM, TEMPLATE,
+    PARAMETERs, SYSTEM, LICENSE. `settings` are model_settings()'s keywords."""
     s = model_settings(**settings)
     if not isinstance(gguf_path, str) or not _GGUF_PATH.match(gguf_path):
         raise ConfigError(f"FROM path {gguf_path!r} must be a relative path to a .gguf file "
                           "without '..' or spaces, e.g. gguf/mybot-v1-Q4_K_M.gguf")
-    lines = [f"# {_comment(k)}: {_comment(v)}" for k, v in (header or {}).items()]
+    lines = [f"# {_comment(k)}: {_comment(v)}" for k, v in (header or {}).items() if v is not None]
     lines += [f"FROM {gguf_path}", f"TEMPLATE {_triple('template', s.template)}"]
     lines += [f"PARAMETER stop {_quoted('stop', stop)}" for stop in s.stops]
     lines += [f"PARAMETER num_ctx {s.num_ctx}", f"PARAMETER temperature {s.temperature!r}"]

