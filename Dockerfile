@@ -9,7 +9,7 @@
 # The base is CUDA's small "base" flavour on purpose: the torch wheel ships its own CUDA
 # runtime and cuDNN, so a cudnn-runtime base would carry them twice (gigabytes). The image
 # needs only the driver hooks the NVIDIA Container Toolkit adds. Any Debian/Ubuntu with
-# Python >= 3.11 works (BASE_IMAGE=debian:bookworm gives a CPU image).
+# Python >= 3.11 works (BASE_IMAGE=ubuntu:24.04 gives a CPU image).
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 
 # ---------------------------------------------------------------- builder
@@ -61,8 +61,10 @@ RUN python -m pip install ".[${EXTRAS}]"
 ENV LORASHIP_TOOLS=/opt/loraship/tools
 COPY build/provision_llamacpp.py build/
 # The sdist it downloads is only a cache: dropped so the runtime copy stays small.
+# a+rX: the container runs as the caller's uid, which must read what root extracted.
 RUN python build/provision_llamacpp.py \
- && rm -rf "${LORASHIP_TOOLS}/sdist"
+ && rm -rf "${LORASHIP_TOOLS}/sdist" \
+ && chmod -R a+rX "${LORASHIP_TOOLS}"
 
 # ---------------------------------------------------------------- runtime
 FROM ${BASE_IMAGE}

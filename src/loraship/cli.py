@@ -171,7 +171,8 @@ def train_cmd(model, config_path, sets, version, data_files, strategy, from_ref,
 @click.option("--force", is_flag=True, help="Rebuild even if this version is already exported.")
 @click.option("--keep-merged", is_flag=True, help="Keep the merged safetensors next to the GGUF.")
 @click.option("--allow-unverified", is_flag=True, help="Install the GGUF even if a verification check fails (recorded).")
-def export_cmd(model, config_path, sets, version, quants, force, keep_merged, allow_unverified):
+@click.option("--lora-gguf", is_flag=True, help="Also write the adapter alone as a GGUF LoRA (llama.cpp's convert_lora_to_gguf.py).")
+def export_cmd(model, config_path, sets, version, quants, force, keep_merged, allow_unverified, lora_gguf):
     """Merge the adapter chain into the base, convert to GGUF and quantize with llama.cpp, then verify.
 
     \b
@@ -182,7 +183,8 @@ def export_cmd(model, config_path, sets, version, quants, force, keep_merged, al
     """
     cfg = _cfg(model, config_path, sets)
     v, rec = pipeline.stage_export(model, cfg, version, quants=list(quants) or None, force=force,
-                                   keep_merged=keep_merged or None, allow_unverified=allow_unverified, log=_log)
+                                   keep_merged=keep_merged or None, allow_unverified=allow_unverified,
+                                   lora_gguf=lora_gguf, log=_log)
     if rec.get("noop"):
         click.echo(f"{model} {v.id} is already exported ({', '.join(rec['ggufs'].values())}); --force rebuilds")
         return

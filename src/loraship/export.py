@@ -67,7 +67,8 @@ def _gguf_metadata(version: Version, train: dict, cfg: Config) -> dict[str, Any]
 
 def export_version(
     cfg: Config, version: Version, *, quants: list[str] | None = None, force: bool = False,
-    keep_merged: bool | None = None, allow_unverified: bool = False, log: Log = lambda s: None,
+    keep_merged: bool | None = None, allow_unverified: bool = False, lora_gguf: bool = False,
+    log: Log = lambda s: None,
 ) -> dict[str, Any]:
     train = version.stage("train")
     if not train:
@@ -84,6 +85,8 @@ def export_version(
     work.mkdir()
     try:
         record = _build(cfg, version, train, quants, work, log)
+        if lora_gguf:
+            record["lora_gguf"] = _lora_gguf(version, train, work, log)
         record["runtime_s"] = round(time.time() - started, 1)
         _check_gate(record, cfg, allow_unverified)
         _install(version, work, record, keep_merged, force)
@@ -122,6 +125,22 @@ def _build(cfg: Config, version: Version, train: dict, quants: list[str], work: 
     }
 
 
+def _lora_gguf(version: Version, train: dict, work: Path, log: Log) -> str:
+    """The adapter alone as a GGUF LoRA (llama.cpp's convert_lora_to_gguf.py), for runtimes that load adapters."""
+    if len(train["adapter_chain"]) != 1:
+        raise ExportError(f"{version.id} stacks {len(train['adapter_chain'])} adapters; a single GGUF LoRA cannot hold "
+                          "them (export the merged model, or train with strategy continue)")
+    from . import toolchain
+
+    name = paths.gguf_name(version.model, version.id, "LoRA-F16")
+    log("converting the adapter alone to a GGUF LoRA")
+    toolchain.run_converter("convert_lora_to_gguf.py", [
+        str(version.path / paths.ADAPTER_DIR), "--base", train["base"]["path"],
+        "--outfile", str(work / paths.GGUF_DIR / name), "--outtype", "f16"], log)
+    gguf_tools.check_magic(work / paths.GGUF_DIR / name)
+    return f"{paths.GGUF_DIR}/{name}"
+
+
 def _verify(merged: Path, gguf_dir: Path, ref_name: str, outputs: dict, version: Version, log: Log) -> dict:
     from transformers import AutoTokenizer
 
@@ -139,8 +158,8 @@ def _verify(merged: Path, gguf_dir: Path, ref_name: str, outputs: dict, version:
     }
     for q, name in outputs.items():
         qq = verify.quant_quality(gguf_dir / ref_name, gguf_dir / name, texts)
-        qq["type_mix"] = gguf_tools.describe(gguf_dir / name)["type_mix"]
-        qq["file_type"] = gguf_tools.describe(gguf_dir / name)["file_type"]
+        info = gguf_tools.describe(gguf_dir / name)
+        qq["type_mix"], qq["file_type"] = info["type_mix"], info["file_type"]
         checks["quant"][q] = qq
     return checks
 
@@ -175,17 +194,18 @@ def _install(version: Version, work: Path, record: dict, keep_merged: bool, forc
     ref = work / record["reference_gguf"]
     ref.unlink()  # the F16 reference served the quality check; only the requested quants ship
     record.pop("reference_gguf")
+    record["gguf_info"] = {  # read before the move: describe() caches by path
+        g: {k: v for k, v in gguf_tools.describe(work / g).items() if k != "chat_template"} for g in record["ggufs"].values()}
     os.replace(work / paths.GGUF_DIR, dest_gguf)
     files = [version.path / paths.ADAPTER_DIR] + [version.path / p for p in record["ggufs"].values()]
+    if record.get("lora_gguf"):
+        files.append(version.path / record["lora_gguf"])
     if keep_merged:
         dest_merged = version.path / MERGED_DIR
         shutil.rmtree(dest_merged, ignore_errors=True)
         os.replace(work / MERGED_DIR, dest_merged)
         files.append(dest_merged)
         record["merged"] = MERGED_DIR
-    for gguf in record["ggufs"].values():
-        record.setdefault("gguf_info", {})[gguf] = {
-            k: v for k, v in gguf_tools.describe(version.path / gguf).items() if k != "chat_template"}
     artifacts = verify.record_checksums(version.path, files)
 
     def change(m: dict) -> None:

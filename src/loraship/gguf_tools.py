@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -81,7 +82,14 @@ def field_value(rd: Any, key: str) -> Any:
 
 def describe(path: Path) -> dict[str, Any]:
     """What a GGUF really holds: file type, tensor type mix, metadata a registry needs."""
-    rd = reader(path)
+    st = Path(path).stat()
+    return dict(_describe(str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _describe(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    # Parsing every metadata field (a 50k-token vocabulary) takes seconds: one parse per file version.
+    rd = reader(Path(path))
     mix = Counter(t.tensor_type.name for t in rd.tensors)
     return {
         "file_type": field_value(rd, "general.file_type"),

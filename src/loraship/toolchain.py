@@ -50,7 +50,8 @@ def _download_sdist(version: str, dest: Path, log: Callable[[str], None]) -> Pat
     if (dest / name).exists():
         return dest / name
     log(f"downloading the llama-cpp-python {version} sdist (once; cached in {dest})")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+    # --no-binary for this one package only: ":all:" would also build its build backends from source.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
            f"llama-cpp-python=={version}", "-d", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not (dest / name).exists():
@@ -70,11 +71,15 @@ def _extract(sdist: Path, version: str, target: Path) -> None:
                 if rel and any(rel == s or rel.startswith(s) for s in _MEMBERS) and (m.isfile() or m.isdir()):
                     m.name = rel
                     members.append(m)
-            tar.extractall(tmp, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: refuse links and absolute paths
+                tar.extractall(tmp, members=members, filter="data")
+            else:
+                tar.extractall(tmp, members=members)
         missing = [s for s in _MEMBERS if not (tmp / s.rstrip("/")).exists()]
         if missing:
             raise ToolchainError(f"{sdist.name} lacks {', '.join(missing)}: this llama-cpp-python is too old")
         (tmp / _COMPLETE).write_text(version + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a container running as another uid must read it
         shutil.rmtree(target, ignore_errors=True)
         os.rename(tmp, target)
     finally:

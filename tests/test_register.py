@@ -1,0 +1,506 @@
+"""Registering versions in Ollama (`loraship register`), against the strict test double of the
+Ollama HTTP API, or against a real server when OLLAMA_HOST is set (then every test uses its
+own model name and removes its tags; fault-injection tests are skipped).
+
+Two versions of the tiny model (v2 trained on v1) are trained and exported once per session
+(`exported`); every test copies them into its own home, so tests stay independent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import qa_rows, write_jsonl
+from loraship import export, manifest, modelfile, ollama_client, paths, pipeline, registry, versions
+from loraship.cli import cli
+from loraship.errors import ConfigError, OllamaError, VersionError
+from loraship.hashing import sha256_file
+
+PREPARED = "tiny"  # the model name the shared versions are built under
+
+
+# ------------------------------------------------------------------ shared by test_promote.py
+
+def build_exported(tmp_path_factory, tiny_base: Path) -> Path:
+    """A project folder holding tiny v1 and v2 (v2 trained on v1), both exported and verified.
+
+    Built once per session (the first module that asks builds it) under its own home; the
+    environment is restored afterwards, so the autouse isolated_home of each test is untouched.
+    """
+    root = tmp_path_factory.getbasetemp() / "loraship-exported"
+    project = root / "project"
+    if (root / "done").exists():
+        return project
+    shutil.rmtree(root, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORASHIP_HOME", str(project / "runs"))
+        mp.setenv("LORASHIP_PROJECT", str(project))
+        mp.delenv("LORASHIP_MODEL", raising=False)
+        _write_project(project, tiny_base)
+        cfg = pipeline.load_config(PREPARED)
+        for batch in ("alpha", "beta"):
+            rows = write_jsonl(root / f"{batch}.jsonl", qa_rows(batch, 24, batch))
+            pipeline.stage_data(PREPARED, cfg, [rows])
+            pipeline.stage_train(PREPARED, cfg)
+        for vid in ("v1", "v2"):
+            _, rec = pipeline.stage_export(PREPARED, cfg, vid)
+            assert rec["verified"], rec["verification_failures"]
+    (root / "done").write_text("ok\n")
+    return project
+
+
+def _write_project(project: Path, tiny_base: Path) -> None:
+    cfg = {
+        "base_model": str(tiny_base),
+        "train": {"num_train_epochs": 2, "max_seq_length": 128, "early_stopping_patience": 0,
+                  "init_lora_nonzero": True},
+        "export": {"max_kl": 5.0, "min_top1": 0.0},
+        "compare": {"num_predict": 8, "max_test_rows": 3, "concurrency": 1},
+        "ollama": {"num_ctx": 256},
+    }
+    (project / "train").mkdir(parents=True)
+    (project / "train" / f"{PREPARED}.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    qs = [{"id": f"q{i}", "question": f"What is the alpha code of site {i}?",
+           "reference": f"Site {i} has alpha code {i * 7 + 3}.", "knowledge": "old" if i % 2 else "new",
+           "domain": "alpha"} for i in range(6)]
+    qdir = project / "ollama" / "questions"
+    qdir.mkdir(parents=True)
+    (qdir / "default.yaml").write_text(yaml.safe_dump({"name": "tiny", "version": 1, "questions": qs}),
+                                       encoding="utf-8")
+
+
+@dataclass
+class Server:
+    url: str
+    double: Any = None  # the OllamaDouble, or None for a real server
+
+    def client(self):
+        import ollama
+
+        return ollama.Client(host=self.url)
+
+    def tags(self) -> dict[str, str]:
+        return {m.model: m.digest for m in self.client().list().models}
+
+    def need_double(self, why: str) -> Any:
+        if self.double is None:
+            pytest.skip(f"needs the test double's fault hooks ({why}); OLLAMA_HOST points at a real server")
+        return self.double
+
+    def requests(self) -> list[tuple[str, str]]:
+        return list(self.double.requests) if self.double else []
+
+
+@dataclass
+class Project:
+    model: str
+    home: Path
+    server: Server
+    cli_calls: list[str] = field(default_factory=list)
+
+    def version(self, vid: str) -> versions.Version:
+        return versions.get(self.model, vid)
+
+    def cfg(self, **overrides: Any):
+        return pipeline.load_config(self.model, None, overrides)
+
+    def configure(self, section: str, **values: Any) -> None:
+        """Edit train/<model>.yaml (text set with --set would be read as YAML first)."""
+        path = paths.config_file(self.model)
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw.setdefault(section, {}).update(values)
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+
+    def register(self, vid: str, **kw: Any) -> dict:
+        return pipeline.stage_register(self.model, self.cfg(), vid, **kw)[1]
+
+    def tag(self, vid: str) -> str:
+        return f"{self.model}:{vid}"
+
+
+def cli_run(*args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == code, f"loraship {' '.join(args)} exited {result.exit_code}:\n{result.output}"
+    return result.output
+
+
+def error_line(output: str) -> str:
+    lines = [ln for ln in output.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """The double (fault hooks, request log) unless OLLAMA_HOST names a real server."""
+    if os.environ.get("OLLAMA_HOST"):
+        yield Server(ollama_client.resolve_host())
+        return
+    from ollama_double import OllamaDouble
+
+    double = OllamaDouble(tmp_path / "ollama-models").start()
+    monkeypatch.setenv("OLLAMA_HOST", double.url)
+    try:
+        yield Server(double.url, double)
+    finally:
+        double.stop()
+
+
+@pytest.fixture
+def project(isolated_home, exported, server):
+    """This test's own copy of the exported versions; a unique model name on a real server."""
+    model = PREPARED if server.double else f"lstest-{uuid.uuid4().hex[:10]}"
+    shutil.copytree(exported / "runs" / PREPARED, isolated_home / "runs" / model)
+    shutil.copytree(exported / "ollama", isolated_home / "ollama")
+    (isolated_home / "train").mkdir(exist_ok=True)
+    shutil.copy(exported / "train" / f"{PREPARED}.yaml", isolated_home / "train" / f"{model}.yaml")
+    yield Project(model, isolated_home, server)
+    if server.double is None:  # leave a real server as it was
+        c = server.client()
+        for name in server.tags():
+            if name.startswith(f"{model}:"):
+                c.delete(name)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_base):
+    return build_exported(tmp_path_factory, tiny_base)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def posts(requests: list[tuple[str, str]], prefix: str) -> int:
+    return sum(1 for m, p in requests if m == "POST" and p.startswith(prefix))
+
+
+def assert_nothing_recorded(p: Project, vid: str) -> None:
+    v = p.version(vid)
+    assert "register" not in v.manifest["stages"]
+    assert "Modelfile" not in v.manifest["artifacts"]
+    assert not (v.path / paths.MODELFILE).exists()
+    assert not paths.modelfile_copy(p.model, vid).exists()
+    assert "Modelfile" not in (v.path / paths.CHECKSUMS).read_text()
+
+
+def show_stops(shown) -> list[str]:
+    """Stops as `ollama show --modelfile` prints them, read with our port of Ollama's parser."""
+    return [v for k, v in modelfile.parse_modelfile(shown.modelfile) if k == "stop"]
+
+
+# ------------------------------------------------------------------ fast: host and error handling
+
+@pytest.mark.parametrize("given, want", [
+    (None, "http://127.0.0.1:11434"),
+    ("gpu-box", "http://gpu-box:11434"),
+    ("gpu-box:8080", "http://gpu-box:8080"),
+    (":9999", "http://127.0.0.1:9999"),
+    ("http://gpu-box", "http://gpu-box:80"),
+    ("https://gpu-box/ollama/", "https://gpu-box:443/ollama"),
+    ("0.0.0.0:11434", "http://0.0.0.0:11434"),
+    ("[::1]:11434", "http://[::1]:11434"),
+])
+def test_host_is_read_as_the_ollama_client_reads_it(monkeypatch, given, want):
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    if given:
+        monkeypatch.setenv("OLLAMA_HOST", given)
+    assert ollama_client.resolve_host() == want
+    assert ollama_client.resolve_host("cfg-box:1") == "http://cfg-box:1"  # the config wins
+
+
+@pytest.mark.parametrize("bad", ["http://gpu-box:port", "ftp://gpu-box", "http://", "gpu-box:11434?x=1"])
+def test_a_bad_host_is_a_one_line_error_naming_the_setting(monkeypatch, bad):
+    monkeypatch.setenv("OLLAMA_HOST", bad)
+    with pytest.raises(ConfigError, match=r"OLLAMA_HOST .* is not a server address: write http://HOST:PORT"):
+        ollama_client.resolve_host()
+
+
+def test_call_retries_server_errors_and_refuses_client_errors_in_one_line(monkeypatch):
+    import ollama
+
+    monkeypatch.setattr(ollama_client.time, "sleep", lambda s: None)
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ollama.ResponseError('{"error": "llama runner busy"}', 503)
+        return "ok"
+
+    assert ollama_client.call("http://h:1", "creating x:v1", flaky) == "ok" and len(attempts) == 3
+
+    def refused():
+        raise ollama.ResponseError('{"error": "invalid model name\\nmore detail"}', 400)
+
+    with pytest.raises(OllamaError) as e:
+        ollama_client.call("http://h:1", "creating x:v1", refused)
+    assert str(e.value) == "Ollama at http://h:1 refused creating x:v1: invalid model name (HTTP 400)"
+
+
+def test_shown_stops_reads_go_quoted_parameters():
+    shown = ('num_ctx                        256\nstop                           "<|im_end|>"\n'
+             'stop                           "a \\"quoted\\"\\tstop"\ntemperature                    0.7')
+    assert registry.shown_stops(shown) == ["<|im_end|>", 'a "quoted"\tstop']
+
+
+# ------------------------------------------------------------------ slow: real versions
+
+@pytest.mark.slow
+def test_register_records_the_served_digest_and_writes_a_modelfile_that_matches_the_server(project):
+    p = project
+    rec = p.register("v1")
+    v = p.version("v1")
+    served = p.server.tags()[p.tag("v1")]
+    assert rec["digest"] == served == v.stage("register")["digest"]
+    gguf = v.path / v.stage("export")["ggufs"]["Q4_K_M"]
+    assert rec["blob_digest"] == "sha256:" + sha256_file(gguf)
+
+    text = (v.path / paths.MODELFILE).read_text()
+    review = paths.modelfile_copy(p.model, "v1").read_text()
+    assert review.endswith(text) and review.startswith("# review copy of ")
+    parsed = modelfile.modelfile_create_args(text)
+    assert (v.path / parsed["from"]).resolve() == gguf.resolve()
+    shown = p.server.client().show(p.tag("v1"))
+    assert parsed["template"] == shown.template and "<|im_start|>" in shown.template
+    stops = parsed["parameters"]["stop"]
+    assert stops == show_stops(shown) and "<|im_end|>" in stops
+    assert parsed["parameters"]["num_ctx"] == 256
+
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    assert f"{sha}  Modelfile" in (v.path / paths.CHECKSUMS).read_text().splitlines()
+    assert v.manifest["artifacts"]["Modelfile"]["sha256"] == sha == rec["modelfile_sha256"]
+    assert export.verify_version(v)["checksums"] == "ok"
+
+
+@pytest.mark.slow
+def test_register_twice_is_a_noop_that_says_so_and_sends_nothing(project):
+    p = project
+    first = cli_run("register", "-m", p.model, "v1")
+    assert f"registered {p.tag('v1')} on {p.server.url}" in first
+    before = p.server.requests()
+    again = cli_run("register", "-m", p.model, "v1")
+    assert f"{p.tag('v1')} is already registered on {p.server.url}" in again
+    after = p.server.requests()[len(before):]
+    assert posts(after, "/api/blobs/") == 0 and posts(after, "/api/create") == 0
+    if p.server.double:
+        assert posts(before, "/api/blobs/") == 1 and posts(before, "/api/create") == 1
+    assert p.server.tags()[p.tag("v1")] == p.version("v1").stage("register")["digest"]
+
+
+@pytest.mark.slow
+def test_upload_is_skipped_when_the_server_already_has_the_blob(project):
+    p = project
+    v = p.version("v1")
+    gguf = v.path / v.stage("export")["ggufs"]["Q4_K_M"]
+    digest = p.server.client().create_blob(gguf)
+    mark = len(p.server.requests())
+    logs: list[str] = []
+    p.register("v1", log=logs.append)
+    assert any("upload skipped" in line and gguf.name in line for line in logs), logs
+    sent = p.server.requests()[mark:]
+    if p.server.double:
+        assert ("HEAD", f"/api/blobs/{digest}") in sent
+        assert posts(sent, "/api/blobs/") == 0 and posts(sent, "/api/create") == 1
+
+
+@pytest.mark.slow
+def test_a_tag_collision_is_refused_without_force_and_replaced_with_it(project):
+    p = project
+    v = p.version("v1")
+    c = p.server.client()
+    blob = c.create_blob(v.path / v.stage("export")["ggufs"]["Q4_K_M"])
+    c.create(model=p.tag("v1"), files={"other.gguf": blob}, template="{{ .Prompt }}",
+             parameters={"stop": ["</s>"]})
+    squatter = p.server.tags()[p.tag("v1")]
+
+    out = cli_run("register", "-m", p.model, "v1", code=2)
+    line = error_line(out)
+    assert f"{p.tag('v1')} already exists on {p.server.url} with digest {squatter[:12]}" in line
+    assert "--force" in line
+    assert p.server.tags()[p.tag("v1")] == squatter
+    assert_nothing_recorded(p, "v1")
+
+    cli_run("register", "-m", p.model, "v1", "--force")
+    rec = p.version("v1").stage("register")
+    assert rec["digest"] == p.server.tags()[p.tag("v1")] != squatter
+    assert c.show(p.tag("v1")).template != "{{ .Prompt }}"
+
+
+@pytest.mark.slow
+def test_a_changed_modelfile_needs_force_and_gives_a_new_digest(project):
+    p = project
+    old = p.register("v1")
+    v = p.version("v1")
+    out = cli_run("register", "-m", p.model, "v1", "--set", "ollama.temperature=0.3", code=2)
+    assert "registered from a different Modelfile" in error_line(out) and "--force" in out
+    assert p.version("v1").stage("register") == old
+
+    cli_run("register", "-m", p.model, "v1", "--set", "ollama.temperature=0.3", "--force")
+    new = p.version("v1").stage("register")
+    assert new["digest"] != old["digest"] and new["digest"] == p.server.tags()[p.tag("v1")]
+    text = (v.path / paths.MODELFILE).read_text()
+    assert "PARAMETER temperature 0.3" in text.splitlines()
+    assert paths.modelfile_copy(p.model, "v1").read_text().endswith(text)
+    assert export.verify_version(v)["checksums"] == "ok"  # checksums.txt follows the new Modelfile
+    assert re.search(r"^temperature +0\.3$", p.server.client().show(p.tag("v1")).parameters, re.M)
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_is_one_line_naming_host_and_fix_and_records_nothing(project, monkeypatch):
+    p = project
+    host = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    monkeypatch.setattr(ollama_client.time, "sleep", lambda s: None)
+    with pytest.raises(OllamaError) as e:
+        p.register("v1")
+    msg = str(e.value)
+    assert "\n" not in msg and f"Ollama at {host} did not answer" in msg
+    assert "make ollama-up" in msg and "OLLAMA_HOST" in msg
+    assert_nothing_recorded(p, "v1")
+    out = cli_run("register", "-m", p.model, "v1", code=2)
+    assert error_line(out) == f"error: {msg}"
+
+
+@pytest.mark.slow
+def test_a_dropped_upload_is_retried_and_the_blob_arrives_whole(project):
+    p = project
+    double = p.server.need_double("drop_upload_after")
+    v = p.version("v1")
+    gguf = v.path / v.stage("export")["ggufs"]["Q4_K_M"]
+    double.faults.drop_upload_after = gguf.stat().st_size // 2
+    rec = p.register("v1")
+    assert posts(double.requests, "/api/blobs/") == 2  # the reset one, then the retry
+    assert sha256_file(double.store.blob(rec["blob_digest"])) == rec["blob_digest"].split(":")[1]
+    assert rec["digest"] == p.server.tags()[p.tag("v1")]
+
+
+@pytest.mark.slow
+def test_the_server_going_away_mid_upload_records_nothing_and_a_retry_succeeds(project, monkeypatch, tmp_path):
+    from ollama_double import OllamaDouble
+
+    p = project
+    double = p.server.need_double("drop_upload_after, stopping the server")
+    monkeypatch.setattr(ollama_client.time, "sleep", lambda s: 0.0)
+    v = p.version("v1")
+    gguf = v.path / v.stage("export")["ggufs"]["Q4_K_M"]
+    double.faults.drop_upload_after = gguf.stat().st_size // 2
+
+    def vanish(sent: int, total: int) -> None:
+        if double._server is not None and double._server.socket.fileno() != -1:
+            # Stop accepting and close the port now (server_close() would wait for this very upload);
+            # the handler already reading the body then resets the connection halfway.
+            double._server.shutdown()
+            double._server.socket.close()
+
+    with pytest.raises(OllamaError) as e:
+        p.register("v1", progress=vanish)
+    assert "\n" not in str(e.value) and f"Ollama at {p.server.url} did not answer (uploading" in str(e.value)
+    assert "make ollama-up" in str(e.value)
+    assert_nothing_recorded(p, "v1")
+    blob = "sha256:" + sha256_file(gguf)
+    assert not double.store.blob(blob).exists()
+
+    again = OllamaDouble(tmp_path / "ollama-models").start()  # the same store, back up on a new port
+    try:
+        monkeypatch.setenv("OLLAMA_HOST", again.url)
+        rec = p.register("v1")
+        assert rec["host"] == again.url and rec["digest"] == again.tags()["models"][0]["digest"]
+        assert sha256_file(again.store.blob(blob)) == blob.split(":")[1]
+    finally:
+        again.stop()
+
+
+@pytest.mark.slow
+def test_a_failure_after_create_removes_the_tag_so_a_retry_needs_no_force(project, monkeypatch):
+    p = project
+    double = p.server.need_double("fail_next")
+    monkeypatch.setattr(ollama_client.time, "sleep", lambda s: None)
+    double.faults.fail_next("POST", "/api/show", 500, "runner crashed", times=3)
+    with pytest.raises(OllamaError, match=r"refused reading .*:v1 back: runner crashed \(HTTP 500\)"):
+        p.register("v1")
+    assert p.tag("v1") not in p.server.tags()
+    assert_nothing_recorded(p, "v1")
+    assert p.register("v1")["digest"] == p.server.tags()[p.tag("v1")]
+
+
+@pytest.mark.slow
+def test_an_unverified_export_blocks_registration(project):
+    p = project
+    v = p.version("v1")
+    manifest.update(v.path, lambda m: m["stages"]["export"].update(
+        verified=False, verification_failures=["Q4_K_M: mean KL 7.100 > 5.0"], allow_unverified=False))
+    mark = len(p.server.requests())
+    with pytest.raises(VersionError) as e:
+        p.register("v1")
+    assert "failed verification at export (Q4_K_M: mean KL 7.100 > 5.0)" in str(e.value)
+    assert "--allow-unverified" in str(e.value)
+    assert p.server.requests()[mark:] == []  # refused before any server call
+    assert_nothing_recorded(p, "v1")
+
+    manifest.update(v.path, lambda m: m["stages"]["export"].update(allow_unverified=True))
+    assert p.register("v1")["digest"] == p.server.tags()[p.tag("v1")]
+
+
+INJECTIONS = {
+    "system ends a line in triple quotes": ({"system": 'Be brief.\nOK."""\nFROM /etc/passwd\nSYSTEM """x'},
+                                            "system line 2 ends with '\"\"\"'"),
+    "system hides a control character": ({"system": "Be brief.\x1b[2J"}, "system line 1 contains U+001B"),
+    "license smuggles a parameter": ({"license": 'MIT"""\nPARAMETER num_ctx 1'},
+                                     "license line 1 ends with '\"\"\"'"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(INJECTIONS))
+def test_injection_attempts_are_refused_before_anything_reaches_the_server(project, case):
+    p = project
+    settings, needle = INJECTIONS[case]
+    p.configure("ollama", **settings)
+    mark = len(p.server.requests())
+    with pytest.raises(ConfigError) as e:
+        p.register("v1")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    if p.server.double:
+        assert p.server.requests()[mark:] == []
+    assert p.tag("v1") not in p.server.tags()
+    assert_nothing_recorded(p, "v1")
+
+
+@pytest.mark.slow
+def test_a_stop_string_cannot_inject_instructions(project):
+    p = project
+    with pytest.raises(ConfigError, match="stop .* cannot be written on one Modelfile line"):
+        p.register("v1", stops=["<|im_end|>\nFROM /etc/passwd"])
+    assert_nothing_recorded(p, "v1")
+
+
+@pytest.mark.slow
+def test_system_text_that_looks_like_instructions_is_carried_verbatim(project):
+    p = project
+    system = ('You answer mining questions.\nFROM /etc/passwd\nPARAMETER stop "x"\n'
+              'TEMPLATE {{ .Prompt }}\nQuote """ like this """ mid-line is fine.\n  # not a comment')
+    p.configure("ollama", system=system)
+    p.register("v1")
+    v = p.version("v1")
+    cmds = modelfile.parse_modelfile((v.path / paths.MODELFILE).read_text())
+    assert [val for k, val in cmds if k == "from"] == [v.stage("export")["ggufs"]["Q4_K_M"]]
+    assert [val for k, val in cmds if k == "system"] == [system]
+    assert "x" not in [val for k, val in cmds if k == "stop"]
+    shown = p.server.client().show(p.tag("v1"))
+    assert [val for k, val in modelfile.parse_modelfile(shown.modelfile) if k == "system"] == [system]
+    assert "x" not in show_stops(shown) and "{{ .Prompt }}" != shown.template.strip()
