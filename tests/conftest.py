@@ -97,3 +97,13 @@ def ollama_host(tmp_path):
         yield double.url
     finally:
         double.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """With OLLAMA_HOST set, every test that talks to Ollama targets that real server and is
+    marked `ollama_real` (select it with `-m ollama_real`); without it, they use the double."""
+    if not os.environ.get("OLLAMA_HOST"):
+        return
+    for item in items:
+        if "ollama_host" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ollama_real)

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from loraship import scoring
 from loraship.backends import LlamaCppBackend, OllamaBackend
-from loraship.compare import Candidate, Question, load_questions, questions_from_rows, run_compare
+from loraship.compare import (
+    Candidate,
+    Question,
+    answer_facts,
+    load_questions,
+    questions_from_rows,
+    run_compare,
+)
 from loraship.config import CompareConfig, GateConfig
 from loraship.errors import ConfigError, OllamaError, VersionError
 from loraship.hashing import sha256_file
@@ -208,7 +216,7 @@ def test_questions_from_rows_takes_last_turns_and_samples_reproducibly():
     q = a[0]
     n = q.id.rsplit("r", 1)[1]
     assert (q.question, q.reference) == (f"ask {int(n)}", f"reply {int(n)}")
-    assert (q.knowledge, q.origin, q.domain, q.facts) == ("new", "test:v3", "coop", [])
+    assert (q.knowledge, q.origin, q.domain, q.facts) == ("new", "test:v3", "coop", ["reply"])
     assert q.id.startswith("test:v3:r")
     assert [q.id for q in questions_from_rows(rows, "old", "test:v1", limit=5, seed=2)] != [
         q.id for q in a
@@ -445,3 +453,12 @@ def test_two_tags_of_one_version_are_refused():
     twins = [Candidate("demo:v2", "v2", "v1"), Candidate("demo:v2b", "v2", "v1")]
     with pytest.raises(ConfigError, match="duplicate version 'v2'"):
         compare({"demo:v2": V2, "demo:v2b": V2}, twins)
+
+
+def test_held_out_rows_are_scored_on_what_the_answer_adds_to_the_question():
+    facts = answer_facts("How many metres deep is the Ebbrook Mine?", "The Ebbrook Mine is 610 metres deep.")
+    assert facts == ["610"]
+    right, _ = scoring.accuracy("It is 610 metres deep.", "The Ebbrook Mine is 610 metres deep.", facts)
+    echo, _ = scoring.accuracy("The Ebbrook Mine is 10 metres deep.", "The Ebbrook Mine is 610 metres deep.", facts)
+    assert (right, echo) == (100.0, 0.0)
+    assert scoring.token_f1("The Ebbrook Mine is 10 metres deep.", "The Ebbrook Mine is 610 metres deep.") > 70

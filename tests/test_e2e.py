@@ -7,8 +7,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import qa_rows, write_jsonl
 
+from conftest import qa_rows, write_jsonl
 from loraship.cli import cli
 
 pytestmark = pytest.mark.slow

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from conftest import qa_rows, write_jsonl
 
+from conftest import qa_rows, write_jsonl
 from loraship import export, gguf_tools, paths, pipeline, verify, versions
 from loraship.cli import cli
-from loraship.errors import ExportError, ToolchainError
+from loraship.errors import ToolchainError
 
 pytestmark = pytest.mark.slow
 
@@ -201,3 +201,18 @@ def test_missing_converter_names_the_fix(home, monkeypatch, tmp_path):
     with pytest.raises(ToolchainError, match="make setup"):
         export.export_version(pipeline.load_config("tiny"), versions.get("tiny", "v1"))
     assert not versions.get("tiny", "v1").stage("export")
+
+
+def test_base_from_gguf_round_trips_a_gguf_into_a_trainable_checkpoint(exported, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    v = versions.get("tiny", "v1")
+    gguf = v.path / v.stage("export")["ggufs"]["Q4_K_M"]
+    out = tmp_path / "from-gguf"
+    assert "base model ready" in run("base", "from-gguf", str(gguf), str(out))
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, use_safetensors=True)
+    assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
+    assert list(out.glob("*.safetensors"))
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    assert "nothing to do" in CliRunner().invoke(cli, ["base", "from-gguf", str(gguf), str(out)]).output

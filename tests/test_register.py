@@ -143,14 +143,19 @@ def error_line(output: str) -> str:
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    """The double (fault hooks, request log) unless OLLAMA_HOST names a real server."""
+def server(ollama_host, tmp_path, monkeypatch):
+    """The double (fault hooks, request log) unless OLLAMA_HOST names a real server.
+
+    Asking for conftest's `ollama_host` marks the test `ollama_real` when OLLAMA_HOST is set
+    (run them with `-m ollama_real`); its URL is used then. Otherwise this test starts its own
+    double, whose object (faults, requests) `ollama_host` does not hand out.
+    """
     if os.environ.get("OLLAMA_HOST"):
-        yield Server(ollama_client.resolve_host())
+        yield Server(ollama_client.resolve_host(ollama_host))
         return
     from ollama_double import OllamaDouble
 
-    double = OllamaDouble(tmp_path / "ollama-models").start()
+    double = OllamaDouble(tmp_path / "ollama-double").start()
     monkeypatch.setenv("OLLAMA_HOST", double.url)
     try:
         yield Server(double.url, double)
@@ -415,7 +420,7 @@ def test_the_server_going_away_mid_upload_records_nothing_and_a_retry_succeeds(p
     blob = "sha256:" + sha256_file(gguf)
     assert not double.store.blob(blob).exists()
 
-    again = OllamaDouble(tmp_path / "ollama-models").start()  # the same store, back up on a new port
+    again = OllamaDouble(tmp_path / "ollama-double").start()  # the same store, back up on a new port
     try:
         monkeypatch.setenv("OLLAMA_HOST", again.url)
         rec = p.register("v1")
@@ -504,3 +509,26 @@ def test_system_text_that_looks_like_instructions_is_carried_verbatim(project):
     shown = p.server.client().show(p.tag("v1"))
     assert [val for k, val in modelfile.parse_modelfile(shown.modelfile) if k == "system"] == [system]
     assert "x" not in show_stops(shown) and "{{ .Prompt }}" != shown.template.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tamper, needle", [
+    ({"template": "{{ .Prompt }}"}, "a TEMPLATE other than the one sent"),
+    ({"parameters": 'stop                           "</s>"'}, "stops ['</s>'], not the ['<|im_end|>'] sent"),
+])
+def test_a_server_that_stores_other_settings_is_caught_and_the_tag_withdrawn(project, monkeypatch, tamper, needle):
+    import ollama
+
+    p = project
+    real_show = ollama.Client.show
+
+    def show(self, model):  # the server answers as if it had kept other settings
+        return real_show(self, model).model_copy(update=tamper)
+
+    monkeypatch.setattr(ollama.Client, "show", show)
+    logs: list[str] = []
+    with pytest.raises(OllamaError) as e:
+        p.register("v1", log=logs.append)
+    assert str(e.value) == f"{p.server.url} stored {needle} for {p.tag('v1')}: nothing recorded"
+    assert p.tag("v1") not in p.server.tags() and any("removed" in line for line in logs)
+    assert_nothing_recorded(p, "v1")

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import qa_rows, write_jsonl
 
+from conftest import qa_rows, write_jsonl
 from loraship import paths, pipeline, versions
 from loraship.errors import VersionError
 

@@ -88,8 +88,14 @@ def train_plain(spec: dict) -> dict:
     """What a hand-written script does: pad every row to max_length, loss on every non-pad token."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     rows = _rows(spec["rows"])[: int(spec["rows"] * 0.9)]  # the loraship arm trains on its 90% train split
     tok = AutoTokenizer.from_pretrained(spec["base"])

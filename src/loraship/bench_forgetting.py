@@ -32,7 +32,7 @@ def _use_home(home: Path) -> None:
 def _prepare_home(home: Path, seed: int, epochs: int | None) -> None:
     (home / "train").mkdir(parents=True, exist_ok=True)
     cfg = Path("train/demo.yaml").read_text()
-    extra = f"\n# bench-forgetting overrides\n"
+    extra = "\n# bench-forgetting overrides\n"
     (home / "train" / "demo.yaml").write_text(cfg.replace("base_model: bases/", f"base_model: {Path.cwd()}/bases/") + extra)
     _use_home(home)
 
@@ -72,7 +72,7 @@ def _accuracy(model_dir: Path | None, version, questions, system: str | None) ->
         answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         acc, _ = scoring.accuracy(answer, q.reference, q.facts)
         scores[q.knowledge].append(acc)
-    return {k: round(sum(v) / len(v), 1) for k, v in scores.items()}
+    return {k: round(sum(v) / len(v), 1) for k, v in scores.items() if v}
 
 
 def run_seed(seed: int, work: Path, epochs: int | None, log) -> list[dict]:

@@ -22,7 +22,6 @@ Rules where Go and Jinja cannot agree, applied identically in every family:
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,54 +356,9 @@ def resolve_chat_format(chat_template: str | None, *, template_file: str | Path 
 
 # ------------------------------------------------------------- from a GGUF file
 
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
-                 11: "q", 12: "d"}
-_WANTED = ("tokenizer.chat_template", "tokenizer.ggml.bos_token_id",
-           "tokenizer.ggml.eos_token_id", "tokenizer.ggml.tokens")
-
-
 def gguf_chat_metadata(path: str | Path) -> tuple[str | None, str, str]:
-    """(chat_template, bos_token, eos_token) as written in a GGUF's metadata."""
-    kv = _read_gguf_kv(Path(path))
-    tokens = kv.get("tokenizer.ggml.tokens") or []
+    """(chat_template, bos_token, eos_token) as written in a GGUF's metadata (read with gguf-py)."""
+    from .gguf_tools import describe
 
-    def token(key: str) -> str:
-        i = kv.get(key)
-        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else ""
-
-    return (kv.get("tokenizer.chat_template"), token("tokenizer.ggml.bos_token_id"),
-            token("tokenizer.ggml.eos_token_id"))
-
-
-def _read_gguf_kv(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise ExportError(f"{path} is not a GGUF file (bad magic)")
-            _version, _tensors, n_kv = struct.unpack("<IQQ", f.read(20))
-            kv = {}
-            for _ in range(n_kv):
-                key = _gguf_str(f)
-                (kind,) = struct.unpack("<I", f.read(4))
-                value = _gguf_value(f, kind, keep=key in _WANTED)
-                if key in _WANTED:
-                    kv[key] = value
-            return kv
-    except (OSError, struct.error, KeyError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path}: cannot read GGUF metadata ({e.__class__.__name__}: {e})") from e
-
-
-def _gguf_str(f) -> str:
-    (n,) = struct.unpack("<Q", f.read(8))
-    return f.read(n).decode("utf-8")
-
-
-def _gguf_value(f, kind: int, keep: bool):
-    if kind == 8:
-        return _gguf_str(f)
-    if kind == 9:
-        item, n = struct.unpack("<IQ", f.read(12))
-        values = [_gguf_value(f, item, keep) for _ in range(n)]
-        return values if keep else None
-    fmt = "<" + _GGUF_SCALARS[kind]
-    return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+    info = describe(Path(path))
+    return info["chat_template"], info["bos_token"] or "", info["eos_token"] or ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -93,7 +94,7 @@ def cli() -> None:
     """
 
 
-@cli.command("data")
+@cli.command("data", short_help="Validate, dedupe, replay and split JSONL into the next version.")
 @model_options
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--replay-ratio", type=float, help="Fraction of the final training set replayed from earlier versions (default 0.2).")
@@ -123,7 +124,7 @@ def data_cmd(model, config_path, sets, files, replay_ratio, allow_replay_ratio, 
         click.echo(f"  {line}")
 
 
-@cli.command("train")
+@cli.command("train", short_help="Train a version's LoRA on top of its parent's adapter.")
 @model_options
 @click.argument("version", required=False)
 @click.option("--data", "data_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -164,7 +165,7 @@ def train_cmd(model, config_path, sets, version, data_files, strategy, from_ref,
                    f"{rec['tokens_per_s']} tokens/s, best val loss {rec['best_eval_loss']}) in {rec['runtime_s']} s")
 
 
-@cli.command("export")
+@cli.command("export", short_help="Merge, convert to GGUF, quantize (Q4_K_M) and verify.")
 @model_options
 @click.argument("version", required=False)
 @click.option("--quant", "quants", multiple=True, help="llama.cpp quant type(s), e.g. Q4_K_M (default), Q5_K_M, Q8_0.")
@@ -195,7 +196,7 @@ def export_cmd(model, config_path, sets, version, quants, force, keep_merged, al
     click.echo(f"verified: {rec['verified']}")
 
 
-@cli.command("verify")
+@cli.command("verify", short_help="Re-check the checksums of an exported version.")
 @model_options
 @click.argument("version", required=False)
 def verify_cmd(model, config_path, sets, version):
@@ -209,7 +210,7 @@ def verify_cmd(model, config_path, sets, version):
     click.echo(f"{model} {v.id}: checksums ok; export verification {'passed' if rec['verified'] else 'FAILED'}")
 
 
-@cli.command("register")
+@cli.command("register", short_help="Write the Modelfile and create <model>:vN in Ollama.")
 @model_options
 @click.argument("version", required=False)
 @click.option("--force", is_flag=True, help="Replace a tag that exists with a different digest.")
@@ -234,7 +235,7 @@ def register_cmd(model, config_path, sets, version, force, template_file, stops)
         click.echo(f"registered {rec['tag']} on {rec['host']}: digest {rec['digest'][:19]}  (ollama run {rec['tag']})")
 
 
-@cli.command("compare")
+@cli.command("compare", short_help="Ask every tag the same questions; reports and gate verdict.")
 @click.argument("tags", nargs=-1, required=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Config YAML (default: train/<model>.yaml).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
@@ -266,7 +267,7 @@ def compare_cmd(tags, config_path, sets, questions_file, backend):
         raise GateFailed(f"{gate['candidate']} did not pass the gate")
 
 
-@cli.command("promote")
+@cli.command("promote", short_help="Move <model>:latest (or --alias) to a version behind its gate.")
 @click.argument("tag")
 @click.option("--alias", default="latest", show_default=True, help="The alias to move, e.g. latest or prod.")
 @click.option("--force", is_flag=True, help="Promote without a passed gate (needs --reason; recorded in the audit log).")
@@ -288,7 +289,7 @@ def promote_cmd(tag, alias, force, reason, config_path, sets):
     click.echo(f"{e['tag']} -> {model}:{e['version']} ({e['to_digest'][:19]}); was {str(e['from_digest'])[:19]}")
 
 
-@cli.command("rollback")
+@cli.command("rollback", short_help="Move an alias back to the previously promoted version.")
 @model_options
 @click.option("--alias", default="latest", show_default=True, help="The alias to move back.")
 @click.option("--to", "to", metavar="vK", help="Version to roll back to (default: the previously promoted one).")
@@ -305,7 +306,7 @@ def rollback_cmd(model, config_path, sets, alias, to):
     click.echo(f"{e['tag']} -> {model}:{e['version']} ({e['to_digest'][:19]}); the next version will train on {e['version']}")
 
 
-@cli.command("versions")
+@cli.command("versions", short_help="Table of versions: parent, date, dataset, gate, tags.")
 @click.option("--model", "-m", required=True, envvar="LORASHIP_MODEL", help="Model name.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def versions_cmd(model, as_json):
@@ -331,7 +332,7 @@ def versions_cmd(model, as_json):
         click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
 
 
-@cli.command("show")
+@cli.command("show", short_help="One version's manifest, for people (--json for machines).")
 @click.argument("version")
 @click.option("--model", "-m", required=True, envvar="LORASHIP_MODEL", help="Model name.")
 @click.option("--json", "as_json", is_flag=True, help="The whole manifest as JSON.")
@@ -353,7 +354,7 @@ def show_cmd(version, model, as_json):
         click.echo(describe_version(v))
 
 
-@cli.command("doctor")
+@cli.command("doctor", short_help="What is installed, training device, converter, Ollama.")
 @click.option("--provision", is_flag=True, help="Provision the llama.cpp converter if it is missing.")
 def doctor_cmd(provision):
     """What is installed, which device training would use, converter status, whether Ollama answers.
@@ -372,12 +373,12 @@ def doctor_cmd(provision):
         click.echo("some parts are missing; `make setup` installs everything", err=True)
 
 
-@cli.group("base", cls=LorashipGroup)
+@cli.group("base", cls=LorashipGroup, short_help="Prepare a trainable base model folder (e.g. from a GGUF).")
 def base_group():
     """Prepare a base model folder (Hugging Face safetensors) that training can use."""
 
 
-@base_group.command("from-gguf")
+@base_group.command("from-gguf", short_help="Turn a GGUF into a plain safetensors checkpoint.")
 @click.argument("gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 def base_from_gguf_cmd(gguf, out):
@@ -394,6 +395,8 @@ def base_from_gguf_cmd(gguf, out):
 
 
 def main() -> None:
+    # Deprecation notices from inside transformers/peft are theirs to fix, not the user's.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
     cli(prog_name="loraship")
 
 

@@ -169,6 +169,19 @@ def _last(messages: list[dict], role: str) -> int | None:
     return None
 
 
+MAX_DERIVED_FACTS = 4
+
+
+def answer_facts(question: str, reference: str) -> list[str]:
+    """What a held-out row's answer adds to its question: the reference's content words the
+    question does not already contain ("How deep is the Ebbrook Mine?" / "The Ebbrook Mine is
+    610 metres deep." -> ["610"]). Token F1 would give a wrong number most of its points for
+    echoing the question; these words are what makes an answer right."""
+    asked = set(scoring.tokens(question))
+    novel = [t for t in dict.fromkeys(scoring.content_tokens(reference)) if t not in asked]
+    return novel[:MAX_DERIVED_FACTS]
+
+
 def questions_from_rows(
     rows: list[dict], knowledge: str, origin: str, limit: int, seed: int
 ) -> list[Question]:
@@ -193,7 +206,7 @@ def questions_from_rows(
             id=f"{origin}:{row.get('id')}",
             question=question,
             reference=reference,
-            facts=[],
+            facts=answer_facts(question, reference),
             domain=row.get("topic"),
             knowledge=knowledge,
             sources=[s for s in row.get("sources") or [] if isinstance(s, str) and s.strip()],

@@ -48,6 +48,14 @@ def _ollama_answers(host: str) -> bool:
         return False
 
 
+def _data(cfg, batch: Path) -> None:
+    from . import data, pipeline
+
+    version = pipeline.stage_data(MODEL, cfg, [batch], warn=_say)
+    for line in data.summary_lines(version.stage("data")):
+        _say(f"   {line}")
+
+
 def run(home: Path) -> int:
     from . import pipeline
     from .base_gguf import from_gguf
@@ -62,10 +70,10 @@ def run(home: Path) -> int:
             from_gguf(smollm2_gguf(log=_say), BASE_DIR, log=_say)
         cfg = pipeline.load_config(MODEL)
         with _step("v1: data + LoRA training on batch 1 (minerals, sites)"):
-            pipeline.stage_data(MODEL, cfg, [BATCHES[0]], warn=_say)
+            _data(cfg, BATCHES[0])
             pipeline.stage_train(MODEL, cfg, log=_say)
         with _step("v2: data (new topics + 20% replay of v1's rows) + training on top of v1's adapter"):
-            pipeline.stage_data(MODEL, cfg, [BATCHES[1]], warn=_say)
+            _data(cfg, BATCHES[1])
             pipeline.stage_train(MODEL, cfg, log=_say)
         for vid in ("v1", "v2"):
             with _step(f"export {vid}: merge → GGUF → Q4_K_M → verify"):
@@ -99,6 +107,9 @@ def run(home: Path) -> int:
 
 
 def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, help="runs folder for this demo (default: runs/demo-<timestamp>)")
     args = parser.parse_args()

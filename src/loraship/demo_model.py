@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import paths
 from .errors import ToolchainError

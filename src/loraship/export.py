@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import base_model, data, gguf_tools, manifest, paths, verify
 from .config import Config

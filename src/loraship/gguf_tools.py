@@ -6,8 +6,9 @@ import ctypes
 import functools
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import toolchain
 from .errors import ExportError
@@ -89,8 +90,17 @@ def describe(path: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=16)
 def _describe(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     # Parsing every metadata field (a 50k-token vocabulary) takes seconds: one parse per file version.
-    rd = reader(Path(path))
+    try:
+        rd = reader(Path(path))
+    except (ValueError, OSError) as e:  # gguf-py raises ValueError on a bad magic or truncated header
+        raise ExportError(f"{path} is not a GGUF file llama.cpp can read ({e})") from None
     mix = Counter(t.tensor_type.name for t in rd.tensors)
+    tokens = field_value(rd, "tokenizer.ggml.tokens") or []
+
+    def token(key: str) -> str | None:
+        i = field_value(rd, key)
+        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
+
     return {
         "file_type": field_value(rd, "general.file_type"),
         "type_mix": dict(sorted(mix.items())),
@@ -100,5 +110,7 @@ def _describe(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
         "architecture": field_value(rd, "general.architecture"),
         "license": field_value(rd, "general.license"),
         "chat_template": field_value(rd, "tokenizer.chat_template"),
+        "bos_token": token("tokenizer.ggml.bos_token_id"),
+        "eos_token": token("tokenizer.ggml.eos_token_id"),
         "context_length": field_value(rd, f"{field_value(rd, 'general.architecture')}.context_length"),
     }

@@ -3,9 +3,9 @@ and records the result in the manifest. The CLI calls these; so do tests and `ma
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import config as config_mod
 from . import manifest, paths, versions
@@ -195,7 +195,3 @@ def stage_rollback(model: str, cfg: Config, alias: str, to: str | None) -> dict:
 
     with versions.model_lock(model):
         return promote.rollback(cfg, model, alias, to)
-
-
-def environment_user() -> str:
-    return os.environ.get("USER", "unknown")

@@ -83,7 +83,7 @@ def _existing(version: Version, tag: str, host: str, served: dict[str, str], tex
     previous = version.stage("register") or {}
     ours = same_digest(previous.get("digest"), served[tag])
     if ours and previous.get("modelfile_sha256") == hashlib.sha256(text.encode("utf-8")).hexdigest():
-        return {**previous, "noop": True}
+        return {**previous, "host": host, "noop": True}
     if ours:
         raise OllamaError(f"{tag} on {host} was registered from a different Modelfile (the config changed "
                           "since): pass --force to replace it")
@@ -153,11 +153,11 @@ def _read_back(host: str, c: Any, tag: str, args: dict[str, Any]) -> str:
     shown = call(host, f"reading {tag} back", lambda: c.show(tag))
     problem = None
     if (shown.template or "") != args["template"]:
-        problem = "a different TEMPLATE"
+        problem = "a TEMPLATE other than the one sent"  # e.g. its `{{ .Prompt }}` fallback
     elif shown_stops(shown.parameters) != args["parameters"]["stop"]:
-        problem = f"stops {shown_stops(shown.parameters)} instead of {args['parameters']['stop']}"
+        problem = f"stops {shown_stops(shown.parameters)}, not the {args['parameters']['stop']} sent"
     if problem:
-        raise OllamaError(f"{host} stored {problem} for {tag} than was sent: nothing recorded")
+        raise OllamaError(f"{host} stored {problem} for {tag}: nothing recorded")
     digest = served_digests(host, c).get(tag.lower())
     if not digest:
         raise OllamaError(f"{tag} does not appear in {host}'s /api/tags after create: nothing recorded")

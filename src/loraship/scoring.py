@@ -11,8 +11,9 @@ short English stopword list.
   every one of its tokens occurs inside one window of the answer of 2*len(fact)+2 tokens
   (an exact phrase always qualifies; "Kessel mountain" also finds "mountain of Kessel").
   Write facts as the minimal words that must appear ("2140", not "2140 m"): numbers are
-  not converted from words and negations are not detected. Without facts: SQuAD token F1
-  against the reference.
+  not converted from words and negations are not detected. Held-out test rows get their
+  facts derived: the reference's content words the question does not contain
+  (compare.answer_facts). Without facts: SQuAD token F1 against the reference.
 - detail: recall of the reference's unique content tokens in the answer (the facts when
   a question has no reference): how much of what the reference says the answer says.
 - relevance: TF-IDF cosine (sublinear tf, smoothed idf, stopwords removed) between the

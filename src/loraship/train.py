@@ -10,19 +10,20 @@ Strategies (recorded in the manifest):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import base_model, data, device as device_mod, hparams, manifest, paths
+from . import base_model, data, hparams, manifest, paths
+from . import device as device_mod
 from .chat_data import PadCollator, encode_rows
 from .config import Config
 from .errors import VersionError
-from .versions import Version, get, lineage
+from .versions import Version, get
 
 CHECKPOINTS = "checkpoints"
 LOSS_PNG = "loss_curve.png"
@@ -177,7 +178,7 @@ def train_version(
         bf16=dev.dtype == "bfloat16",
         fp16=dev.dtype == "float16",
         use_cpu=dev.device == "cpu",
-        gradient_checkpointing=grad_ckpt,
+        activation_checkpointing=grad_ckpt,
         # Batches of similar length: dynamic padding then wastes almost nothing.
         train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
         remove_unused_columns=False,
@@ -283,7 +284,3 @@ def _qlora_config(dev):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
-
-
-def dump(record: dict) -> str:
-    return json.dumps(record, indent=2)

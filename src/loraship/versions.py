@@ -7,10 +7,11 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import atomic, manifest, paths
 from .errors import VersionError

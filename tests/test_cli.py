@@ -1,0 +1,99 @@
+"""The CLI teaches itself, and bad input gets one line naming the problem, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from loraship.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ["data", "train", "export", "verify", "register", "compare", "promote", "rollback", "versions", "show",
+            "doctor", "base"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_help_lists_every_command_with_one_line():
+    out = invoke("--help").output
+    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ") and line.split()]
+    assert sorted(listed) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ("base",)] + ["base from-gguf"])
+def test_every_command_has_examples(command):
+    out = invoke(*command.split(), "--help").output
+    assert "Example" in out and "loraship " in out.split("Example")[1]
+
+
+def test_bad_model_name_is_one_line(tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"question": "q", "answer": "a"}\n')
+    r = invoke("data", "-m", "../evil", str(f))
+    assert r.exit_code == 2
+    assert r.output.strip().startswith("error: model name '../evil' is not valid")
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_bad_row_names_file_line_and_writes_nothing(isolated_home, tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"question": "q1", "answer": "a1"}\n{"question": "q2"}\n')
+    r = invoke("data", "-m", "m", str(f))
+    assert r.exit_code == 2
+    line = r.output.strip()
+    assert len(line.splitlines()) == 1 and f"{f}:2" in line and "answer" in line
+    assert not (isolated_home / "runs" / "m").exists() or not list((isolated_home / "runs" / "m").glob("v*"))
+
+
+def test_unknown_config_key_names_the_key(isolated_home, tmp_path):
+    (isolated_home / "train").mkdir()
+    (isolated_home / "train" / "m.yaml").write_text("train:\n  epochs: 3\n")
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"question": "q", "answer": "a"}\n')
+    r = invoke("data", "-m", "m", str(f))
+    assert r.exit_code == 2 and "unknown config key 'train.epochs'" in r.output
+
+
+def test_train_without_data_says_what_to_run(isolated_home):
+    r = invoke("train", "-m", "m")
+    assert r.exit_code == 2 and "loraship data --model m" in r.output
+
+
+def test_show_json_is_the_manifest(isolated_home, tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(10)))
+    assert invoke("data", "-m", "m", str(f)).exit_code == 0
+    manifest = json.loads(invoke("show", "-m", "m", "v1", "--json").output)
+    assert manifest["id"] == "v1" and manifest["stages"]["data"]["counts"]["new_kept"] == 10
+    human = invoke("show", "-m", "m", "v1").output
+    assert "lineage:   v1" in human
+    table = invoke("versions", "-m", "m").output
+    assert "v1" in table and "data" in table
+
+
+def test_doctor_reports_each_part():
+    out = invoke("doctor").output
+    for part in ("torch", "transformers", "peft", "llama-cpp-python", "training device", "llama.cpp converter",
+                 "ollama server"):
+        assert part in out
+
+
+def test_console_script_runs_outside_pytest():
+    exe = Path(sys.executable).parent / "loraship"
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "loraship data" in r.stdout
+
+
+def test_make_help_lists_stage_targets():
+    r = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0
+    for target in ("data", "train", "export", "register", "compare", "promote", "rollback", "versions", "setup",
+                   "demo", "test", "lint", "bench"):
+        assert f"  {target} " in r.stdout, target
