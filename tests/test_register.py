@@ -514,7 +514,7 @@ def test_system_text_that_looks_like_instructions_is_carried_verbatim(project):
 @pytest.mark.slow
 @pytest.mark.parametrize("tamper, needle", [
     ({"template": "{{ .Prompt }}"}, "a TEMPLATE other than the one sent"),
-    ({"parameters": 'stop                           "</s>"'}, "stops ['</s>'], not the ['<|im_end|>'] sent"),
+    ({"parameters": 'stop                           "</s>"'}, "stops ['</s>'], not the ['<|im_end|>'"),
 ])
 def test_a_server_that_stores_other_settings_is_caught_and_the_tag_withdrawn(project, monkeypatch, tamper, needle):
     import ollama
@@ -529,6 +529,7 @@ def test_a_server_that_stores_other_settings_is_caught_and_the_tag_withdrawn(pro
     logs: list[str] = []
     with pytest.raises(OllamaError) as e:
         p.register("v1", log=logs.append)
-    assert str(e.value) == f"{p.server.url} stored {needle} for {p.tag('v1')}: nothing recorded"
+    msg = str(e.value)
+    assert msg.startswith(f"{p.server.url} stored {needle}") and msg.endswith(f"for {p.tag('v1')}: nothing recorded")
     assert p.tag("v1") not in p.server.tags() and any("removed" in line for line in logs)
     assert_nothing_recorded(p, "v1")

@@ -182,3 +182,28 @@ def test_two_cpu_processes_with_torchrun_produce_one_adapter(isolated_home, tiny
     assert rec["device"]["world_size"] == 2
     assert len(list((v1.path / paths.ADAPTER_DIR).glob("adapter_model.safetensors"))) == 1
     assert len(versions.list_versions("tiny")) == 1
+
+
+def test_answer_only_logits_give_the_same_loss_as_the_full_model(tiny_base):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loraship.chat_data import PadCollator, encode_rows
+    from loraship.completion_loss import answer_only_loss, supports_position_mask
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    rows = [{"messages": [{"role": "user", "content": f"Where is mineral {i}?"},
+                          {"role": "assistant", "content": "At pit " * (i + 1)}]} for i in range(3)]
+    enc = encode_rows(tok, rows, max_len=128)
+    batch = PadCollator(tok.pad_token_id)([{"input_ids": i, "labels": lab} for i, lab in zip(enc.input_ids, enc.labels)])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert supports_position_mask(model)
+    full = model(**batch).loss
+    ours, out = answer_only_loss(model, batch)
+    assert torch.allclose(full, ours, atol=1e-5)
+    n_labels = int(batch["labels"][:, 1:].ne(-100).sum())
+    assert out.logits.shape[0] == n_labels  # only answer positions reached the vocabulary projection
+    ours.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)

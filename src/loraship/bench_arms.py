@@ -122,16 +122,17 @@ def train_plain(spec: dict) -> dict:
     args = TrainingArguments(output_dir=out, num_train_epochs=spec["epochs"], per_device_train_batch_size=BATCH,
                              gradient_accumulation_steps=ACCUM, learning_rate=LR, lr_scheduler_type="cosine",
                              logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                             disable_tqdm=True)
+                             disable_tqdm=True, include_num_input_tokens_seen="non_padding")
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[StepTimer()],
                       data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
-    tokens = real_tokens * spec["epochs"]
+    tokens = int(trainer.state.num_input_tokens_seen)  # the same non-padding count the loraship arm reports
+    assert tokens == real_tokens * spec["epochs"], (tokens, real_tokens)
     return {"tokens_per_s": round(tokens / StepTimer.seconds, 1), "train_tokens": tokens, "train_s": round(train_s, 1),
-            "rows": len(rows)}
+            "rows": len(rows), "padded_tokens": len(ds) * spec["max_seq_length"] * spec["epochs"]}
 
 
 def incremental(spec: dict) -> dict:

@@ -12,6 +12,7 @@ import click
 from . import __version__, pipeline
 from .config import parse_set_options
 from .errors import GateFailed, LorashipError
+from .ollama_client import short
 
 
 def _log(msg: str) -> None:
@@ -230,9 +231,9 @@ def register_cmd(model, config_path, sets, version, force, template_file, stops)
                                      stops=list(stops) or None, log=_log,
                                      progress=_progress_bar("upload", "B"))
     if rec.get("noop"):
-        click.echo(f"{rec['tag']} is already registered on {rec['host']} ({rec['digest'][:19]})")
+        click.echo(f"{rec['tag']} is already registered on {rec['host']} ({short(rec['digest'])})")
     else:
-        click.echo(f"registered {rec['tag']} on {rec['host']}: digest {rec['digest'][:19]}  (ollama run {rec['tag']})")
+        click.echo(f"registered {rec['tag']} on {rec['host']}: digest {short(rec['digest'])}  (ollama run {rec['tag']})")
 
 
 @cli.command("compare", short_help="Ask every tag the same questions; reports and gate verdict.")
@@ -286,7 +287,8 @@ def promote_cmd(tag, alias, force, reason, config_path, sets):
     model, vid = pipeline.parse_tag(tag)
     cfg = _cfg(model, config_path, sets)
     e = pipeline.stage_promote(model, cfg, vid, alias, force=force, reason=reason)
-    click.echo(f"{e['tag']} -> {model}:{e['version']} ({e['to_digest'][:19]}); was {str(e['from_digest'])[:19]}")
+    was = short(e["from_digest"]) if e["from_digest"] else "unset"
+    click.echo(f"{e['tag']} -> {model}:{e['version']} ({short(e['to_digest'])}); was {was}")
 
 
 @cli.command("rollback", short_help="Move an alias back to the previously promoted version.")
@@ -303,7 +305,7 @@ def rollback_cmd(model, config_path, sets, alias, to):
     """
     cfg = _cfg(model, config_path, sets)
     e = pipeline.stage_rollback(model, cfg, alias, to)
-    click.echo(f"{e['tag']} -> {model}:{e['version']} ({e['to_digest'][:19]}); the next version will train on {e['version']}")
+    click.echo(f"{e['tag']} -> {model}:{e['version']} ({short(e['to_digest'])}); the next version will train on {e['version']}")
 
 
 @cli.command("versions", short_help="Table of versions: parent, date, dataset, gate, tags.")

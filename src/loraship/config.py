@@ -163,6 +163,16 @@ def _coerce_cli(text: str) -> Any:
         return text
 
 
+def _is_text_field(dotted: str) -> bool:
+    """Text fields keep `--set` values verbatim ("Answer: briefly" must not become a mapping)."""
+    cls: Any = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls) or part not in {f.name for f in dataclasses.fields(cls)}:
+            return False
+        cls = typing.get_type_hints(cls)[part]
+    return cls is str or (typing.get_origin(cls) in (typing.Union, types.UnionType) and str in typing.get_args(cls))
+
+
 def _validate(cfg: Config) -> None:
     if cfg.train.strategy not in ("continue", "stack"):
         raise ConfigError(f"config key 'train.strategy' must be 'continue' or 'stack', got {cfg.train.strategy!r}")
@@ -194,7 +204,7 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"config key '{dotted}': '{p}' is not a section")
-        node[leaf] = _coerce_cli(value) if isinstance(value, str) else value
+        node[leaf] = _coerce_cli(value) if isinstance(value, str) and not _is_text_field(dotted) else value
     try:
         cfg = _build(Config, raw)
     except ConfigError as e:

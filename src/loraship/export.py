@@ -223,7 +223,9 @@ def verify_version(version: Version) -> dict[str, Any]:
         raise VersionError(f"{version.id} is not exported yet: run `loraship export --model {version.model} {version.id}`")
     changed = verify.check_checksums(version.path)
     if changed:
-        raise ExportError(f"{version.id}: files changed since export: {', '.join(changed)} (re-export with --force)")
+        fix = ("re-register with `loraship register --force`" if changed == [paths.MODELFILE]
+               else "re-export with `loraship export --force`")
+        raise ExportError(f"{version.id}: files changed since export: {', '.join(changed)} ({fix})")
     for gguf in export["ggufs"].values():
         gguf_tools.check_magic(version.path / gguf)
     return {"checksums": "ok", "verified": export.get("verified"), "failures": export.get("verification_failures", [])}

@@ -99,8 +99,9 @@ def doctor_report(provision: bool = False) -> list[tuple[str, bool | None, str]]
 def _ollama_row() -> tuple[str, bool | None, str]:
     from .ollama_client import client, resolve_host
 
-    host = resolve_host()
+    host = "OLLAMA_HOST"
     try:
+        host = resolve_host()
         n = len(client(host, timeout=3).list().models)
         return ("ollama server", True, f"{host} answers ({n} models)")
     except Exception as e:

@@ -10,7 +10,6 @@ Strategies (recorded in the manifest):
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -187,14 +186,14 @@ def train_version(
         ddp_backend="gloo" if dev.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,  # evaluation needs the loss only; answer-only logits have no fixed shape
     )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / (hp["per_device_train_batch_size"] * hp["gradient_accumulation_steps"] * world)))
-    meter = _token_meter(TrainerCallback, sum(len(x) for x in enc_train.input_ids) // world, steps_per_epoch)
+    meter = _token_meter(TrainerCallback)
     callbacks = [meter]
     if has_val and cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = Trainer(
+    trainer = completion_loss.trainer_class(Trainer)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if has_val else None,
         data_collator=PadCollator(tok.pad_token_id), callbacks=callbacks,
     )
@@ -227,8 +226,8 @@ def train_version(
         "rows": {"train": len(train_ds), "val": len(val_ds), "truncated": enc_train.truncated + enc_val.truncated,
                  "dropped_no_answer": enc_train.dropped_no_answer + enc_val.dropped_no_answer},
         "train_label_tokens": enc_train.n_label_tokens,
-        "train_tokens": meter.tokens,
-        "tokens_per_s": round(meter.tokens / max(meter.seconds, 1e-9), 1),
+        "train_tokens": int(trainer.state.num_input_tokens_seen),
+        "tokens_per_s": round(trainer.state.num_input_tokens_seen / max(meter.seconds, 1e-9), 1),
         "global_steps": trainer.state.global_step,
         "epochs_run": trainer.state.epoch,
         "early_stopped": bool(has_val and trainer.state.epoch is not None and trainer.state.epoch < hp["num_train_epochs"] - 1e-6),
@@ -242,16 +241,15 @@ def train_version(
     return record
 
 
-def _token_meter(callback_base, tokens_per_epoch: int, steps_per_epoch: int):
-    """Counts non-padding tokens trained on and time spent in steps; adds tokens/s to the logs.
+def _token_meter(callback_base):
+    """Time spent inside optimizer steps (not evaluation or checkpointing) and tokens/s in the logs.
 
-    Dynamic padding means the dataset's token count is the work done; per step we
-    credit the epoch's tokens evenly (the sampler groups lengths, so steps are close).
+    Tokens are the Trainer's own non-padding count (`include_num_input_tokens_seen`),
+    summed over all processes.
     """
 
     class TokenMeter(callback_base):
         def __init__(self):
-            self.tokens = 0
             self.seconds = 0.0
             self._t0 = None
 
@@ -261,11 +259,10 @@ def _token_meter(callback_base, tokens_per_epoch: int, steps_per_epoch: int):
         def on_step_end(self, args, state, control, **kw):
             if self._t0 is not None:
                 self.seconds += time.perf_counter() - self._t0
-                self.tokens += tokens_per_epoch // max(1, steps_per_epoch)
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs is not None and self.seconds > 0:
-                logs["tokens_per_s"] = round(self.tokens / self.seconds, 1)
+                logs["tokens_per_s"] = round(state.num_input_tokens_seen / self.seconds, 1)
 
     return TokenMeter()
 
