@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import base_model, data, hparams, manifest, paths
+from . import base_model, completion_loss, data, hparams, manifest, paths
 from . import device as device_mod
 from .chat_data import PadCollator, encode_rows
 from .config import Config
