@@ -315,6 +315,18 @@ def _check_options(opts: Any, strict: bool) -> dict[str, Any]:
     return out
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a dropped upload, a killed register) is normal here, not a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class OllamaDouble:
     """Start with .start() (or a with-block), point ollama.Client(host=.url) at it."""
 
@@ -339,7 +351,7 @@ class OllamaDouble:
 
     def start(self) -> OllamaDouble:
         handler = type("Handler", (_Handler,), {"double": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         daemon=True)

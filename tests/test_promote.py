@@ -18,6 +18,7 @@ from conftest import qa_rows, write_jsonl
 from loraship import paths, pipeline, promote, versions
 from loraship.errors import GateError, VersionError
 from loraship.hashing import sha256_file
+from loraship.ollama_client import short
 from test_register import Project, build_exported, cli_run, error_line, project, server  # noqa: F401
 
 PASS = {"gate.min_new_gain": -100.0, "gate.max_old_loss": 100.0}  # a random tiny model learns nothing
@@ -120,7 +121,7 @@ def test_promote_after_a_passed_gate_moves_the_alias_reads_it_back_and_audits(re
     assert gate["passed"] and gate["parent"] == p.tag("v1")
     out = cli_run("promote", p.tag("v2"))
     v2 = p.version("v2").stage("register")["digest"]
-    assert f"{p.tag('latest')} -> {p.tag('v2')} ({v2[:19]})" in out
+    assert f"{p.tag('latest')} -> {p.tag('v2')} ({short(v2)}); was unset" in out
     assert served(p, "latest") == v2
 
     (entry,) = audit(p)
