@@ -298,21 +298,16 @@ def _check(
     }
 
 
+def _not_measured(name: str, label: str, threshold: float, has_parent: bool, knowledge: str) -> dict:
+    why = ("no parent compared" if not has_parent
+           else f"no question has knowledge: {knowledge}; add some to the question set")
+    return _check(name, label, None, threshold, False, f"not measured: {why}")
+
+
 def _gain_check(agg: dict, gate: GateConfig, has_parent: bool) -> dict:
     label, v = "new-knowledge accuracy gain over the parent", agg["new_gain"]
-    if not has_parent:
-        return _check(
-            "new_gain", label, None, gate.min_new_gain, False, "not measured: no parent compared"
-        )
-    if v is None:
-        return _check(
-            "new_gain",
-            label,
-            None,
-            gate.min_new_gain,
-            False,
-            "not measured: no question has knowledge: new; add some to the question set",
-        )
+    if not has_parent or v is None:
+        return _not_measured("new_gain", label, gate.min_new_gain, has_parent, "new")
     ok = v >= gate.min_new_gain
     why = f"new-knowledge accuracy {v:+.2f} points over the parent, {'at least' if ok else 'below'} the required +{gate.min_new_gain:g}"
     return _check("new_gain", label, v, gate.min_new_gain, ok, why)
@@ -320,19 +315,8 @@ def _gain_check(agg: dict, gate: GateConfig, has_parent: bool) -> dict:
 
 def _loss_check(agg: dict, gate: GateConfig, has_parent: bool) -> dict:
     label, v = "old-knowledge accuracy lost against the parent", agg["old_loss"]
-    if not has_parent:
-        return _check(
-            "old_loss", label, None, gate.max_old_loss, False, "not measured: no parent compared"
-        )
-    if v is None:
-        return _check(
-            "old_loss",
-            label,
-            None,
-            gate.max_old_loss,
-            False,
-            "not measured: no question has knowledge: old; add some to the question set",
-        )
+    if not has_parent or v is None:
+        return _not_measured("old_loss", label, gate.max_old_loss, has_parent, "old")
     ok = v <= gate.max_old_loss
     if v <= 0:
         why = f"old-knowledge accuracy did not drop ({-v:+.2f} points)"
