@@ -11,18 +11,17 @@ llama.cpp backend translates them.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import ollama_client
 from .errors import ConfigError, OllamaError, ToolchainError, VersionError
 from .hashing import sha256_file
 
 if TYPE_CHECKING:
     from .compare import Candidate
 
-DEFAULT_HOST = "http://127.0.0.1:11434"
 _DEFAULT_PREFIXES = ("registry.ollama.ai/library/", "registry.ollama.ai/")
 
 
@@ -32,14 +31,6 @@ class Backend(Protocol):
     def served_digest(self, c: Candidate) -> str | None: ...
 
     def answer(self, c: Candidate, messages: list[dict], options: dict) -> str: ...
-
-
-def normalize_digest(digest: str | None) -> str | None:
-    """`sha256:ABC…` and `abc…` name the same digest (Ollama's /api/tags omits the prefix)."""
-    if not digest:
-        return None
-    d = digest.strip().lower()
-    return d.removeprefix("sha256:").removeprefix("sha256-")
 
 
 def normalize_tag(name: str) -> str:
@@ -54,52 +45,18 @@ class OllamaBackend:
     name = "ollama"
 
     def __init__(self, host: str | None = None, timeout: float = 600.0, client: Any = None):
-        self.host = host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+        self.host = ollama_client.resolve_host(host)
         self.timeout = timeout
         self._client = client
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            try:
-                import ollama
-            except ImportError:
-                ollama = None
-            # a checkout's own `ollama/` folder imports as an empty namespace package
-            if not hasattr(ollama, "Client"):
-                raise ToolchainError(
-                    "the `ollama` client package is missing: pip install 'ollama>=0.6'"
-                )
-            self._client = ollama.Client(host=self.host, timeout=self.timeout)
+            self._client = ollama_client.client(self.host, self.timeout)
         return self._client
 
-    def _unreachable(self, e: Exception) -> OllamaError:
-        return OllamaError(
-            f"cannot reach the Ollama server at {self.host} ({type(e).__name__}): "
-            f"start it with `make ollama-up` or set OLLAMA_HOST=http://HOST:PORT"
-        )
-
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Turn the client's exceptions into one-line OllamaErrors."""
-        try:
-            return fn(*args, **kwargs)
-        except ConnectionError as e:  # the client re-raises httpx.ConnectError as this
-            raise self._unreachable(e) from None
-        except Exception as e:
-            kind = type(e).__name__
-            if "Timeout" in kind:
-                raise OllamaError(
-                    f"{what} on {self.host} timed out after {self.timeout:g} s: "
-                    "raise ollama.timeout_s or lower compare.concurrency"
-                ) from None
-            if "ConnectError" in kind or "RemoteProtocolError" in kind:
-                raise self._unreachable(e) from None
-            if hasattr(e, "status_code"):
-                msg = str(getattr(e, "error", e)).splitlines()[0] if str(e) else kind
-                raise OllamaError(
-                    f"{what} on {self.host} failed (HTTP {e.status_code}): {msg}"
-                ) from None
-            raise
+        return ollama_client.call(self.host, what, lambda: fn(*args, **kwargs))
 
     def served_digest(self, c: Candidate) -> str | None:
         listed = self._call("listing models", self.client.list)

@@ -42,15 +42,13 @@ def ensure_base(base: str | None, work: Path) -> Path:
 
 
 def _rows(n: int, batch: int = 0) -> list[dict]:
+    """n demo rows (cycled), read through the data stage's own normaliser."""
+    from .data_load import normalise
+
     rows = []
-    for line in DEMO_BATCHES[batch].read_text(encoding="utf-8").splitlines():
-        raw = json.loads(line)
-        if "messages" in raw:
-            msgs = raw["messages"]
-        else:
-            q = raw.get("question") or (raw["instruction"] + ("\n\n" + raw["input"] if raw.get("input") else ""))
-            msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": raw.get("answer") or raw["output"]}]
-        rows.append({"messages": msgs, "topic": raw.get("topic")})
+    for i, line in enumerate(DEMO_BATCHES[batch].read_text(encoding="utf-8").splitlines()):
+        _, row = normalise(json.loads(line), f"r{i}", 1 << 20, "bench")
+        rows.append({"messages": row["messages"], "topic": row["topic"]})
     return (rows * (n // len(rows) + 1))[:n]
 
 

@@ -20,10 +20,11 @@ from typing import Any
 import yaml
 
 from . import scoring
-from .backends import Backend, normalize_digest
+from .backends import Backend
 from .config import CompareConfig, GateConfig
 from .errors import ConfigError, VersionError
 from .manifest import now_iso
+from .ollama_client import same_digest
 from .paths import parse_version_id
 
 MIN_QUESTIONS = 5
@@ -249,7 +250,7 @@ def check_digests(candidates: list[Candidate], backend: Backend) -> dict[str, st
     served = {}
     for c in candidates:
         got = backend.served_digest(c)
-        if c.expected_digest and normalize_digest(got) != normalize_digest(c.expected_digest):
+        if c.expected_digest and not same_digest(got, c.expected_digest):
             raise VersionError(
                 f"{c.tag} serves digest {got or 'unknown'} but version {c.version} registered "
                 f"{c.expected_digest}: the tag was changed outside loraship; register {c.version} again"

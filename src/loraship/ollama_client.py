@@ -75,7 +75,8 @@ def call(host: str, what: str, fn: Callable[[], T], retries: int = _RETRIES) -> 
                 raise OllamaError(f"Ollama at {host} refused {what}: {_one_line(e.error)} "
                                   f"(HTTP {e.status_code})") from None
         except httpx.TimeoutException:
-            raise unreachable(host, f"{what} timed out") from None
+            raise OllamaError(f"Ollama at {host} did not finish {what} in time: raise ollama.timeout_s, "
+                              "or lower compare.concurrency if many requests share the server") from None
         # ConnectionError: the client's wrapping of a refused connection; the rest: a dropped one.
         except (httpx.NetworkError, httpx.RemoteProtocolError, ConnectionError) as e:
             if last:
