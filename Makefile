@@ -92,10 +92,10 @@ lint: setup lint-docker ## ruff + hadolint
 	$(VENV)/bin/ruff check src tests
 
 bench: setup ## Benchmarks vs the plain way, JSON in bench-results/
-	$(PY) -m loraship.bench $(ARGS)
+	$(PY) -m benchmarks.bench $(ARGS)
 
 bench-forgetting: setup ## The forgetting experiment on the demo model (JSON + PNG)
-	$(PY) -m loraship.bench_forgetting $(ARGS)
+	$(PY) -m benchmarks.bench_forgetting $(ARGS)
 
 clean: ## Remove caches (keeps runs/ and .venv)
 	rm -rf .pytest_cache .ruff_cache bench-results

@@ -9,7 +9,7 @@ so converter, gguf-py and the compiled quantizer are one llama.cpp revision.
 import sys
 
 from loraship.errors import LorashipError
-from loraship.toolchain import provision
+from loraship.export.toolchain import provision
 
 if __name__ == "__main__":
     try:

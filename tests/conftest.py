@@ -1,13 +1,17 @@
 """Shared fixtures: an isolated state dir, a tiny Llama model llama.cpp can convert
-(loraship.tiny_model), an Ollama server (the test double unless OLLAMA_HOST is set)."""
+(loraship.base.tiny), an Ollama server (the test double unless OLLAMA_HOST is set)."""
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
+
+from helpers import PREPARED, Project, Server, build_exported
+from loraship.serve import ollama_client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +29,7 @@ def isolated_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from loraship.demo_model import smollm2_gguf
+    from loraship.base.smollm2 import smollm2_gguf
 
     return smollm2_gguf()
 
@@ -35,27 +39,11 @@ def tiny_base(tmp_path_factory, smollm2_gguf) -> Path:
     """A tiny random Llama model with SmolLM2's tokenizer and chat template, saved as safetensors."""
     from transformers import AutoTokenizer
 
-    from loraship.tiny_model import build_tiny_model
+    from loraship.base.tiny import build_tiny_model
 
     out = build_tiny_model(tmp_path_factory.mktemp("tiny-base"))
     assert AutoTokenizer.from_pretrained(out).chat_template, "the SmolLM2 GGUF should carry its chat template"
     return out
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def qa_rows(prefix: str, n: int, topic: str | None = None) -> list[dict]:
-    rows = []
-    for i in range(n):
-        row = {"question": f"What is the {prefix} code of site {i}?", "answer": f"Site {i} has {prefix} code {i * 7 + 3}."}
-        if topic:
-            row["topic"] = topic
-        rows.append(row)
-    return rows
 
 
 @pytest.fixture
@@ -107,3 +95,47 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ollama_host" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ollama_real)
+
+
+# ------------------------------------------------------------------ a registered project
+
+@pytest.fixture
+def server(ollama_host, tmp_path, monkeypatch):
+    """The double (fault hooks, request log) unless OLLAMA_HOST names a real server.
+
+    Asking for conftest's `ollama_host` marks the test `ollama_real` when OLLAMA_HOST is set
+    (run them with `-m ollama_real`); its URL is used then. Otherwise this test starts its own
+    double, whose object (faults, requests) `ollama_host` does not hand out.
+    """
+    if os.environ.get("OLLAMA_HOST"):
+        yield Server(ollama_client.resolve_host(ollama_host))
+        return
+    from ollama_double import OllamaDouble
+
+    double = OllamaDouble(tmp_path / "ollama-double").start()
+    monkeypatch.setenv("OLLAMA_HOST", double.url)
+    try:
+        yield Server(double.url, double)
+    finally:
+        double.stop()
+
+
+@pytest.fixture
+def project(isolated_home, exported, server):
+    """This test's own copy of the exported versions; a unique model name on a real server."""
+    model = PREPARED if server.double else f"lstest-{uuid.uuid4().hex[:10]}"
+    shutil.copytree(exported / "runs" / PREPARED, isolated_home / "runs" / model)
+    shutil.copytree(exported / "ollama", isolated_home / "ollama")
+    (isolated_home / "train").mkdir(exist_ok=True)
+    shutil.copy(exported / "train" / f"{PREPARED}.yaml", isolated_home / "train" / f"{model}.yaml")
+    yield Project(model, isolated_home, server)
+    if server.double is None:  # leave a real server as it was
+        c = server.client()
+        for name in server.tags():
+            if name.startswith(f"{model}:"):
+                c.delete(name)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_base):
+    return build_exported(tmp_path_factory, tiny_base)

@@ -6,7 +6,7 @@
 It stores blobs at <dir>/blobs/sha256-<hex> and manifests at
 <dir>/manifests/<host>/<namespace>/<model>/<tag> exactly as a real server does, answers
 with the same status codes and error texts, and really generates: /api/chat and
-/api/generate render the model's TEMPLATE with loraship.gotemplate (as the server's
+/api/generate render the model's TEMPLATE with loraship.serve.gotemplate (as the server's
 Go template would) and run the GGUF blob with llama-cpp-python.
 
 Not implemented (501, never silently ignored): format, tools, images, suffix, think. A
@@ -37,9 +37,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from loraship import gotemplate
 from loraship.errors import ConfigError
-from loraship.modelfile import PARAMETER_KINDS, split_ollama_name
+from loraship.serve import gotemplate
+from loraship.serve.modelfile import PARAMETER_KINDS, split_ollama_name
 
 VERSION = "0.24.0"
 MEDIA = "application/vnd.ollama.image."

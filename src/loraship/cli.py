@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from . import __version__, pipeline
-from .config import parse_set_options
-from .errors import GateFailed, LorashipError
-from .ollama_client import short
+from loraship import __version__, pipeline
+from loraship.config import parse_set_options
+from loraship.errors import GateFailed, LorashipError
+from loraship.serve.ollama_client import short
 
 
 def _log(msg: str) -> None:
@@ -114,7 +114,7 @@ def data_cmd(model, config_path, sets, files, replay_ratio, allow_replay_ratio, 
       loraship data -m mining batch2.jsonl --replay-ratio 0.3
       loraship data -m mining batch3.jsonl --skip-invalid --from v1
     """
-    from . import data
+    from loraship.data import prepare as data
 
     cfg = _cfg(model, config_path, sets, {"data.replay_ratio": replay_ratio, "data.seed": seed,
                                           "data.allow_replay_ratio_outside_range": True if allow_replay_ratio else None})
@@ -318,7 +318,7 @@ def versions_cmd(model, as_json):
     Example:
       loraship versions -m mining
     """
-    from .inspect import versions_table
+    from loraship.inspect import versions_table
 
     rows = versions_table(model)
     if as_json:
@@ -346,8 +346,8 @@ def show_cmd(version, model, as_json):
       loraship show -m mining v2
       loraship show -m mining v2 --json | jq .stages.train.hyperparameters
     """
-    from . import versions
-    from .inspect import describe_version
+    from loraship.inspect import describe_version
+    from loraship.store import versions
 
     v = versions.get(model, version)
     if as_json:
@@ -365,7 +365,7 @@ def doctor_cmd(provision):
     Example:
       loraship doctor
     """
-    from .inspect import doctor_report
+    from loraship.inspect import doctor_report
 
     ok = True
     for name, good, detail in doctor_report(provision=provision):
@@ -390,7 +390,7 @@ def base_from_gguf_cmd(gguf, out):
     Example:
       loraship base from-gguf SmolLM2-135M-Instruct.Q4_1.gguf bases/smollm2-135m
     """
-    from .base_gguf import from_gguf
+    from loraship.base.from_gguf import from_gguf
 
     path = from_gguf(gguf, out, log=_log)
     click.echo(f"base model ready: {path}  (set base_model: {path} in train/<model>.yaml)")

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from loraship.errors import ConfigError
 
 
 @dataclass

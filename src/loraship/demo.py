@@ -39,7 +39,7 @@ def _step(title: str):
 
 
 def _ollama_answers(host: str) -> bool:
-    from .ollama_client import client
+    from loraship.serve.ollama_client import client
 
     try:
         client(host, timeout=3).list()
@@ -49,7 +49,8 @@ def _ollama_answers(host: str) -> bool:
 
 
 def _data(cfg, batch: Path) -> None:
-    from . import data, pipeline
+    from loraship import pipeline
+    from loraship.data import prepare as data
 
     version = pipeline.stage_data(MODEL, cfg, [batch], warn=_say)
     for line in data.summary_lines(version.stage("data")):
@@ -57,11 +58,11 @@ def _data(cfg, batch: Path) -> None:
 
 
 def run(home: Path) -> int:
-    from . import pipeline
-    from .base_gguf import from_gguf
-    from .demo_model import smollm2_gguf
-    from .errors import LorashipError
-    from .ollama_client import resolve_host
+    from loraship import pipeline
+    from loraship.base.from_gguf import from_gguf
+    from loraship.base.smollm2 import smollm2_gguf
+    from loraship.errors import LorashipError
+    from loraship.serve.ollama_client import resolve_host
 
     os.environ["LORASHIP_HOME"] = str(home.resolve())
     started = time.time()

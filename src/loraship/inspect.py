@@ -6,8 +6,10 @@ import importlib.util
 from importlib import metadata
 from typing import Any
 
-from . import paths, toolchain, versions
-from .promote import aliases
+from loraship import paths
+from loraship.export import toolchain
+from loraship.release.promote import aliases
+from loraship.store import versions
 
 
 def versions_table(model: str) -> list[dict[str, Any]]:
@@ -79,7 +81,7 @@ def doctor_report(provision: bool = False) -> list[tuple[str, bool | None, str]]
         ok, ver = _pkg(pkg)
         rows.append((pkg, ok, ver))
     if importlib.util.find_spec("torch"):
-        from .device import choose
+        from loraship.train.device import choose
 
         d = choose(None)
         rows.append(("training device", True, d.reason))
@@ -97,7 +99,7 @@ def doctor_report(provision: bool = False) -> list[tuple[str, bool | None, str]]
 
 
 def _ollama_row() -> tuple[str, bool | None, str]:
-    from .ollama_client import client, resolve_host
+    from loraship.serve.ollama_client import client, resolve_host
 
     host = "OLLAMA_HOST"
     try:

@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ConfigError, VersionError
+from loraship.errors import ConfigError, VersionError
 
 # Ollama's rule for the model part of a name, narrowed to lowercase so that two
 # spellings can never name one model on a case-insensitive server.

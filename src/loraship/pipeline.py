@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import config as config_mod
-from . import manifest, paths, versions
-from .config import Config
-from .errors import VersionError
-from .hashing import sha256_file
-from .versions import Version
+from loraship import config as config_mod
+from loraship import paths
+from loraship.config import Config
+from loraship.errors import VersionError
+from loraship.store import manifest, versions
+from loraship.store.hashing import sha256_file
+from loraship.store.versions import Version
 
 Log = Callable[[str], None]
 
@@ -44,7 +45,7 @@ def _choose_parent(model: str, from_ref: str | None, fresh: bool) -> Version | N
 
 def stage_data(model: str, cfg: Config, files: list[Path], *, from_ref: str | None = None, fresh: bool = False,
                strict: bool = True, warn: Log = lambda s: None) -> Version:
-    from . import data
+    from loraship.data import prepare as data
 
     with versions.model_lock(model):
         versions.sweep_temp(model)
@@ -69,7 +70,7 @@ def stage_data(model: str, cfg: Config, files: list[Path], *, from_ref: str | No
 
 
 def stage_train(model: str, cfg: Config, ref: str | None = None, *, resume: bool = False, log: Log = lambda s: None) -> Version:
-    from . import train
+    from loraship.train import lora as train
 
     version = versions.get(model, ref)
     if not train.is_main_process():
@@ -89,7 +90,7 @@ def stage_train(model: str, cfg: Config, ref: str | None = None, *, resume: bool
 
 
 def stage_export(model: str, cfg: Config, ref: str | None = None, **kw: Any) -> tuple[Version, dict]:
-    from . import export
+    from loraship.export import pipeline as export
 
     version = versions.get(model, ref)
     with versions.model_lock(model):
@@ -97,14 +98,14 @@ def stage_export(model: str, cfg: Config, ref: str | None = None, **kw: Any) -> 
 
 
 def stage_verify(model: str, ref: str | None = None) -> tuple[Version, dict]:
-    from . import export
+    from loraship.export import pipeline as export
 
     version = versions.get(model, ref)
     return version, export.verify_version(version)
 
 
 def stage_register(model: str, cfg: Config, ref: str | None = None, **kw: Any) -> tuple[Version, dict]:
-    from . import registry
+    from loraship.serve import registry
 
     version = versions.get(model, ref)
     with versions.model_lock(model):
@@ -122,7 +123,8 @@ def parse_tag(tag: str) -> tuple[str, str]:
 
 def stage_compare(tags: list[str], cfg: Config, *, backend_name: str = "ollama", questions_file: Path | None = None,
                   progress: Callable[[int, int], None] | None = None) -> tuple[Version, dict, dict[str, Path]]:
-    from . import backends, compare, data, report
+    from loraship.data import prepare as data
+    from loraship.evaluate import backends, compare, report
 
     pairs = [parse_tag(t) for t in tags]
     models = {m for m, _ in pairs}
@@ -154,7 +156,7 @@ def stage_compare(tags: list[str], cfg: Config, *, backend_name: str = "ollama",
     for row in data.load_rows(data_dir / "incremental_replay_final.jsonl"):
         corpus.setdefault(row.get("topic") or "_all", []).append(" ".join(m["content"] for m in row["messages"]))
     if backend_name == "ollama":
-        from .ollama_client import resolve_host
+        from loraship.serve.ollama_client import resolve_host
 
         backend: Any = backends.OllamaBackend(resolve_host(cfg.ollama.host), cfg.ollama.timeout_s)
     elif backend_name == "llama.cpp":
@@ -183,7 +185,7 @@ def stage_compare(tags: list[str], cfg: Config, *, backend_name: str = "ollama",
 
 def stage_promote(model: str, cfg: Config, ref: str, alias: str, *, force: bool = False,
                   reason: str | None = None) -> dict:
-    from . import promote
+    from loraship.release import promote
 
     version = versions.get(model, ref)
     with versions.model_lock(model):
@@ -191,7 +193,7 @@ def stage_promote(model: str, cfg: Config, ref: str, alias: str, *, force: bool 
 
 
 def stage_rollback(model: str, cfg: Config, alias: str, to: str | None) -> dict:
-    from . import promote
+    from loraship.release import promote
 
     with versions.model_lock(model):
         return promote.rollback(cfg, model, alias, to)

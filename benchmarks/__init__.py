@@ -1,0 +1,1 @@
+"""Benchmarks: loraship against honest baselines (`make bench*`); not part of the wheel."""

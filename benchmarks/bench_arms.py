@@ -1,0 +1,243 @@
+"""The arms `benchmarks.bench` runs, each in its own process: `python -m benchmarks.bench_arms ARM SPEC_JSON`.
+
+Each prints one JSON line with its measurements. The plain arms use transformers,
+peft and llama.cpp the way a hand-written script would, on the same model, data and
+settings as the loraship arms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEMO_BASE = Path("bases/smollm2-135m-instruct")
+DEMO_BATCHES = (Path("train/data/demo_batch1.jsonl"), Path("train/data/demo_batch2.jsonl"))
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
+BATCH, ACCUM, LR = 4, 2, 2e-4
+
+
+def machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+
+
+def ensure_base(base: str | None, work: Path) -> Path:
+    if base:
+        return Path(base).resolve()
+    if (DEMO_BASE / "config.json").exists():
+        return DEMO_BASE.resolve()
+    from loraship.base.tiny import build_tiny_model
+
+    tiny = work / "tiny-base"
+    return tiny if (tiny / "config.json").exists() else build_tiny_model(tiny)
+
+
+def _rows(n: int, batch: int = 0) -> list[dict]:
+    """n demo rows (cycled), read through the data stage's own normaliser."""
+    from loraship.data.load import normalise
+
+    rows = []
+    for i, line in enumerate(DEMO_BATCHES[batch].read_text(encoding="utf-8").splitlines()):
+        _, row = normalise(json.loads(line), f"r{i}", 1 << 20, "bench")
+        rows.append({"messages": row["messages"], "topic": row["topic"]})
+    return (rows * (n // len(rows) + 1))[:n]
+
+
+def _home(spec: dict, name: str) -> Path:
+    home = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=spec["work"]))
+    (home / "train").mkdir()
+    cfg = (f"base_model: {spec['base']}\ntrain:\n  num_train_epochs: {spec['epochs']}\n  max_seq_length: {spec['max_seq_length']}\n"
+           f"  lora_r: {LORA['r']}\n  lora_alpha: {LORA['alpha']}\n  per_device_train_batch_size: {BATCH}\n"
+           f"  gradient_accumulation_steps: {ACCUM}\n  learning_rate: {LR}\n  early_stopping_patience: 0\n"
+           "data:\n  split: [0.9, 0.1, 0.0]\n")
+    (home / "train" / "bench.yaml").write_text(cfg)
+    os.environ["LORASHIP_HOME"] = str(home / "runs")
+    os.environ["LORASHIP_PROJECT"] = str(home)
+    return home
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps({"messages": r["messages"], "topic": r.get("topic"), "id": f"r{i}"}) + "\n"
+                            for i, r in enumerate(rows)))
+    return path
+
+
+def train_loraship(spec: dict) -> dict:
+    from loraship import pipeline
+
+    home = _home(spec, "train-loraship")
+    cfg = pipeline.load_config("bench")
+    pipeline.stage_data("bench", cfg, [_write(home / "rows.jsonl", _rows(spec["rows"]))], strict=False)
+    rec = pipeline.stage_train("bench", cfg).stage("train")
+    return {"tokens_per_s": rec["tokens_per_s"], "train_tokens": rec["train_tokens"], "train_s": rec["runtime_s"],
+            "rows": rec["rows"]["train"]}
+
+
+def train_plain(spec: dict) -> dict:
+    """What a hand-written script does: pad every row to max_length, loss on every non-pad token."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    rows = _rows(spec["rows"])[: int(spec["rows"] * 0.9)]  # the loraship arm trains on its 90% train split
+    tok = AutoTokenizer.from_pretrained(spec["base"])
+    tok.pad_token = tok.pad_token or tok.eos_token
+    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    enc = tok(texts, padding="max_length", truncation=True, max_length=spec["max_seq_length"], add_special_tokens=False)
+    ds = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
+    real_tokens = sum(sum(m) for m in enc["attention_mask"])
+    model = AutoModelForCausalLM.from_pretrained(spec["base"], dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj"], task_type="CAUSAL_LM"))
+
+    class StepTimer(TrainerCallback):
+        seconds = 0.0
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            StepTimer.seconds += time.perf_counter() - self.t0
+
+    out = tempfile.mkdtemp(dir=spec["work"])
+    args = TrainingArguments(output_dir=out, num_train_epochs=spec["epochs"], per_device_train_batch_size=BATCH,
+                             gradient_accumulation_steps=ACCUM, learning_rate=LR, lr_scheduler_type="cosine",
+                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+                             disable_tqdm=True, include_num_input_tokens_seen="non_padding")
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[StepTimer()],
+                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    tokens = int(trainer.state.num_input_tokens_seen)  # the same non-padding count the loraship arm reports
+    assert tokens == real_tokens * spec["epochs"], (tokens, real_tokens)
+    return {"tokens_per_s": round(tokens / StepTimer.seconds, 1), "train_tokens": tokens, "train_s": round(train_s, 1),
+            "rows": len(rows), "padded_tokens": len(ds) * spec["max_seq_length"] * spec["epochs"]}
+
+
+def incremental(spec: dict) -> dict:
+    from loraship import pipeline
+
+    n = spec["rows"]
+    home = _home(spec, "incr")
+    cfg = pipeline.load_config("bench")
+    a, b = _write(home / "a.jsonl", _rows(n, 0)), _write(home / "b.jsonl", _rows(n, 1))
+    pipeline.stage_data("bench", cfg, [a], strict=False)
+    pipeline.stage_train("bench", cfg)
+    pipeline.stage_data("bench", cfg, [b], strict=False)
+    v2 = pipeline.stage_train("bench", cfg).stage("train")
+    scratch_home = _home(spec, "scratch")
+    both = _write(scratch_home / "ab.jsonl", _rows(n, 0) + _rows(n, 1))
+    pipeline.stage_data("bench", pipeline.load_config("bench"), [both], strict=False)
+    full = pipeline.stage_train("bench", pipeline.load_config("bench")).stage("train")
+    return {"increment_s": v2["runtime_s"], "increment_rows": v2["rows"]["train"],
+            "scratch_s": full["runtime_s"], "scratch_rows": full["rows"]["train"]}
+
+
+def export_prepare(spec: dict) -> dict:
+    from loraship import pipeline
+
+    home = _home(spec, "export")
+    cfg = pipeline.load_config("bench")
+    pipeline.stage_data("bench", cfg, [_write(home / "a.jsonl", _rows(16))], strict=False)
+    pipeline.stage_train("bench", pipeline.load_config("bench", overrides={"train.num_train_epochs": 1}))
+    return {"home": str(home)}
+
+
+def _copy_home(spec: dict, name: str) -> Path:
+    home = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=spec["work"]))
+    shutil.copytree(spec["home"], home, dirs_exist_ok=True)
+    os.environ["LORASHIP_HOME"] = str(home / "runs")
+    os.environ["LORASHIP_PROJECT"] = str(home)
+    return home
+
+
+def export_loraship(spec: dict) -> dict:
+    from loraship import pipeline
+
+    _copy_home(spec, "export-loraship")
+    _, rec = pipeline.stage_export("bench", pipeline.load_config("bench"), "v1")
+    return {"steps_s": round(sum(rec["timings_s"].values()), 2), "timings_s": rec["timings_s"],
+            "runtime_s": rec["runtime_s"]}
+
+
+def export_plain(spec: dict) -> dict:
+    import ctypes
+
+    import llama_cpp
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loraship.export import toolchain
+    from loraship.store import versions
+
+    home = _copy_home(spec, "export-plain")
+    v = versions.get("bench", "v1")
+    t0 = time.perf_counter()
+    base = AutoModelForCausalLM.from_pretrained(spec["base"], dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, v.path / "adapter").merge_and_unload()
+    merged.save_pretrained(home / "merged")
+    AutoTokenizer.from_pretrained(spec["base"]).save_pretrained(home / "merged")
+    conv = toolchain.require_converter()
+    env = {**os.environ, "PYTHONPATH": str(conv / "gguf-py")}
+    subprocess.run([sys.executable, str(conv / "convert_hf_to_gguf.py"), str(home / "merged"), "--outfile",
+                    str(home / "f16.gguf"), "--outtype", "f16"], check=True, env=env, capture_output=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert llama_cpp.llama_model_quantize(str(home / "f16.gguf").encode(), str(home / "q4.gguf").encode(),
+                                          ctypes.byref(params)) == 0
+    return {"steps_s": round(time.perf_counter() - t0, 2)}
+
+
+def compare(spec: dict) -> dict:
+    from loraship.base.smollm2 import smollm2_gguf
+    from loraship.evaluate.backends import LlamaCppBackend
+    from loraship.evaluate.compare import Candidate
+
+    work = Path(tempfile.mkdtemp(dir=spec["work"]))
+    ggufs = [shutil.copy(smollm2_gguf(), work / f"m{i}.gguf") for i in range(2)]
+    cands = [Candidate(tag=f"m:v{i + 1}", version=f"v{i + 1}", gguf_path=Path(g)) for i, g in enumerate(ggufs)]
+    questions = [r["messages"][0]["content"] for r in _rows(8)]
+    opts = {"temperature": 0, "seed": 7, "num_predict": 32}
+    out = {"concurrency": 2, "answers": len(cands) * len(questions)}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with LlamaCppBackend(n_ctx=512) as backend:
+        for c in cands:  # load both before timing
+            backend.answer(c, [{"role": "user", "content": "hi"}], {**opts, "num_predict": 1})
+        for label, workers in (("serial", 1), ("concurrent", 2)):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda cq: backend.answer(cq[0], [{"role": "user", "content": cq[1]}], opts),
+                              [(c, q) for c in cands for q in questions]))
+            out[f"{label}_answers_per_s"] = round(out["answers"] / (time.perf_counter() - t0), 3)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+ARMS = {f.__name__: f for f in (train_loraship, train_plain, incremental, export_prepare, export_loraship,
+                                export_plain, compare)}
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[2])
+    Path(spec["work"]).mkdir(parents=True, exist_ok=True)
+    print(json.dumps(ARMS[sys.argv[1]](spec)))

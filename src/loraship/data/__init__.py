@@ -1,0 +1,1 @@
+"""Data stage: load and validate JSONL, dedupe, mix new rows with replay, seeded splits that never leak."""

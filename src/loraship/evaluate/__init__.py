@@ -1,0 +1,1 @@
+"""Evaluate stage: the same questions to every tag, scores, statistics, reports and the gate verdict."""

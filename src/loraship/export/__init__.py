@@ -1,0 +1,1 @@
+"""Export stage: merge the adapter chain, convert to GGUF, quantize with llama.cpp, verify."""

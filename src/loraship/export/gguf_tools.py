@@ -1,0 +1,116 @@
+"""GGUF through llama.cpp: convert (its converter), quantize (its library), inspect (gguf-py)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loraship.errors import ExportError
+from loraship.export import toolchain
+
+GGUF_MAGIC = b"GGUF"
+
+
+def ftype_for(quant: str) -> int:
+    """llama.cpp's own list of file types is the list of valid --quant names."""
+    import llama_cpp
+
+    value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}", None)
+    if value is None:
+        known = sorted(n.removeprefix("LLAMA_FTYPE_MOSTLY_") for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_"))
+        raise ExportError(f"unknown quant type {quant!r}: llama.cpp offers {', '.join(known)}")
+    return int(value)
+
+
+def convert(hf_dir: Path, out: Path, outtype: str, metadata: dict[str, Any], log: Callable[[str], None]) -> None:
+    meta_file = out.parent / (out.name + ".metadata.json")
+    meta_file.write_text(json.dumps(metadata), encoding="utf-8")
+    try:
+        toolchain.run_converter(
+            "convert_hf_to_gguf.py",
+            [str(hf_dir), "--outfile", str(out), "--outtype", outtype, "--metadata", str(meta_file)],
+            log,
+        )
+    finally:
+        meta_file.unlink(missing_ok=True)
+    check_magic(out)
+
+
+def quantize(src: Path, out: Path, quant: str, threads: int = 0) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype_for(quant)
+    if threads:
+        params.nthread = threads
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+    if rc != 0 or not out.exists():
+        raise ExportError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc})")
+    check_magic(out)
+
+
+def check_magic(path: Path) -> None:
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise ExportError(f"{path} is not a GGUF file (bad magic): the conversion was cut short")
+
+
+def reader(path: Path):
+    """gguf-py from the provisioned llama.cpp revision (it knows every current tensor type)."""
+    import importlib
+    import sys
+
+    root = toolchain.require_converter() / "gguf-py"
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+        for name in [m for m in sys.modules if m == "gguf" or m.startswith("gguf.")]:
+            del sys.modules[name]  # a PyPI gguf imported earlier would shadow the matching one
+    gguf = importlib.import_module("gguf")
+    return gguf.GGUFReader(str(path))
+
+
+def field_value(rd: Any, key: str) -> Any:
+    field = rd.fields.get(key)
+    if field is None:
+        return None
+    return field.contents()
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What a GGUF really holds: file type, tensor type mix, metadata a registry needs."""
+    st = Path(path).stat()
+    return dict(_describe(str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _describe(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    # Parsing every metadata field (a 50k-token vocabulary) takes seconds: one parse per file version.
+    try:
+        rd = reader(Path(path))
+    except (ValueError, OSError) as e:  # gguf-py raises ValueError on a bad magic or truncated header
+        raise ExportError(f"{path} is not a GGUF file llama.cpp can read ({e})") from None
+    mix = Counter(t.tensor_type.name for t in rd.tensors)
+    tokens = field_value(rd, "tokenizer.ggml.tokens") or []
+
+    def token(key: str) -> str | None:
+        i = field_value(rd, key)
+        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
+
+    return {
+        "file_type": field_value(rd, "general.file_type"),
+        "type_mix": dict(sorted(mix.items())),
+        "n_tensors": len(rd.tensors),
+        "name": field_value(rd, "general.name"),
+        "version": field_value(rd, "general.version"),
+        "architecture": field_value(rd, "general.architecture"),
+        "license": field_value(rd, "general.license"),
+        "chat_template": field_value(rd, "tokenizer.chat_template"),
+        "bos_token": token("tokenizer.ggml.bos_token_id"),
+        "eos_token": token("tokenizer.ggml.eos_token_id"),
+        "context_length": field_value(rd, f"{field_value(rd, 'general.architecture')}.context_length"),
+    }

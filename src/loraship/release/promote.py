@@ -1,0 +1,180 @@
+"""Move an alias (`<model>:latest`, `:prod`, ...) to a version only behind a passed gate; audit; roll back.
+
+The gate covers a digest, not a name: a version may be promoted only while the server
+serves the very manifest that was compared. Every move is copied on the server, read
+back, and appended to runs/<model>/audit.jsonl; that log is also where rollback finds
+the previously promoted version.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+from typing import Any
+
+from loraship import paths
+from loraship.config import Config
+from loraship.errors import GateError, VersionError
+from loraship.serve.ollama_client import (
+    call,
+    client,
+    resolve_host,
+    same_digest,
+    served_digests,
+    short,
+)
+from loraship.store import atomic, manifest, versions
+from loraship.store.hashing import sha256_file
+from loraship.store.versions import Version
+
+_ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
+
+
+def _validate_alias(alias: str) -> str:
+    # vN is the versions' own tag: an alias by that name would overwrite a registered version.
+    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or re.match(r"^v[0-9]+$", alias):
+        raise VersionError(f"alias {alias!r} is not valid: use lowercase letters, digits, '_', '-', '.' and not vN "
+                           "(e.g. latest, prod)")
+    return alias
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no passwd entry and no USER
+        return f"uid {os.getuid()}"
+
+
+def audit_entries(model: str) -> list[dict[str, Any]]:
+    path = paths.audit_log(model)
+    if not path.exists():
+        return []
+    entries = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise VersionError(f"{path} line {n} is not valid JSON ({e.msg}): repair or remove that line") from None
+    return entries
+
+
+def aliases(model: str) -> dict[str, str]:
+    """alias → version id, as the audit log leaves them."""
+    out: dict[str, str] = {}
+    for e in audit_entries(model):
+        out[e["alias"]] = e["version"]
+    return out
+
+
+def _passed_gate(version: Version, served: str | None, host: str) -> str:
+    """The report sha256 of a passed comparison of the digest served now; else GateError."""
+    cmp = version.stage("compare")
+    tag = f"{version.model}:{version.id}"
+    if not cmp:
+        parent = version.manifest.get("parent")
+        pair = f"{version.model}:{parent} {tag}" if parent else tag
+        raise GateError(f"{tag} has no comparison: run `loraship compare {pair}` first")
+    again = f"`loraship compare {' '.join(cmp.get('tags') or [tag])}`"
+    if not cmp.get("gate", {}).get("passed"):
+        raise GateError(f"{tag}'s gate failed ({cmp['gate'].get('reason', 'see its report')}): promote refuses; "
+                        "--force --reason '...' records an override")
+    if not same_digest(cmp.get("digest"), served):
+        raise GateError(f"{tag} was compared at digest {short(cmp.get('digest'))} but {host} serves "
+                        f"{short(served)}: run {again} again before promoting")
+    report = version.path / cmp["report"]
+    if not report.exists() or sha256_file(report) != cmp["report_sha256"]:
+        raise GateError(f"{report} changed or vanished since the comparison: run {again} again")
+    return cmp["report_sha256"]
+
+
+def _check_served(version: Version, served: dict[str, str], host: str) -> None:
+    """The server serves the version's tag at the digest it was registered with."""
+    source = f"{version.model}:{version.id}"
+    if source not in served:
+        raise VersionError(f"{source} is not served by {host}: run `loraship register --model {version.model} "
+                           f"{version.id}`")
+    registered = (version.stage("register") or {}).get("digest")
+    if not same_digest(served[source], registered):
+        raise GateError(f"{source} on {host} has digest {short(served[source])}, not the registered "
+                        f"{short(registered)}: it was changed outside loraship; "
+                        f"`loraship register --model {version.model} {version.id} --force` first")
+
+
+def _move(host: str, c: Any, served: dict[str, str], version: Version, alias: str, action: str,
+          extra: dict[str, Any]) -> dict[str, Any]:
+    """Copy `<model>:vN` onto the alias, read it back, append the audit line."""
+    source, dest = f"{version.model}:{version.id}", f"{version.model}:{alias}"
+    _check_served(version, served, host)
+    before = served.get(dest)
+    call(host, f"copying {source} to {dest}", lambda: c.copy(source, dest))
+    after = served_digests(host, c).get(dest)
+    if not same_digest(after, served[source]):
+        raise GateError(f"{dest} reads back as {short(after)}, not {short(served[source])}: the copy did not "
+                        "take; run again")
+    entry = {"time": manifest.now_iso(), "user": _user(), "host": host, "action": action, "alias": alias,
+             "tag": dest, "version": version.id, "from_version": aliases(version.model).get(alias),
+             "from_digest": before, "to_digest": after, **extra}
+    atomic.append_line(paths.audit_log(version.model), json.dumps(entry, sort_keys=True))
+    return entry
+
+
+def promote(cfg: Config, version: Version, alias: str = "latest", *, force: bool = False,
+            reason: str | None = None) -> dict[str, Any]:
+    """Point `<model>:<alias>` at the version if its gate passed at the served digest (or --force --reason)."""
+    _validate_alias(alias)
+    reason = (reason or "").strip() or None
+    if force and not reason:
+        raise GateError("--force needs --reason '...': an override is recorded with why")
+    host = resolve_host(cfg.ollama.host)
+    c = client(host, cfg.ollama.timeout_s)
+    served = served_digests(host, c)
+    _check_served(version, served, host)  # no override: a forced promotion still ships what was registered
+    extra: dict[str, Any] = {"forced": force}
+    try:
+        extra["report_sha256"] = _passed_gate(version, served.get(f"{version.model}:{version.id}"), host)
+    except GateError as e:
+        if not force:
+            raise
+        extra.update(override_reason=reason, overridden=str(e),
+                     report_sha256=(version.stage("compare") or {}).get("report_sha256"))
+    return _move(host, c, served, version, alias, "promote", extra)
+
+
+def _promotion_stack(history: list[dict[str, Any]]) -> list[str]:
+    """Promotions push a version; a rollback pops back to its target, so repeated rollbacks walk back in time."""
+    stack: list[str] = []
+    for e in history:
+        if e["action"] == "rollback" and e["version"] in stack:
+            del stack[stack.index(e["version"]) + 1:]
+        elif not stack or stack[-1] != e["version"]:  # promoting the alias's own version again moves nothing
+            stack.append(e["version"])
+    return stack
+
+
+def _previous(model: str, alias: str) -> str:
+    history = [e for e in audit_entries(model) if e["alias"] == alias]
+    if not history:
+        raise VersionError(f"{model}:{alias} was never promoted: nothing to roll back")
+    stack = _promotion_stack(history)
+    if len(stack) < 2:
+        raise VersionError(f"{model}:{alias} has no version promoted before {stack[-1]}: nothing to roll back to; "
+                           "pass --to vK to choose one")
+    return stack[-2]
+
+
+def rollback(cfg: Config, model: str, alias: str = "latest", to: str | None = None) -> dict[str, Any]:
+    """Point the alias back at the previously promoted version (or `to`); the next run trains on top of it."""
+    _validate_alias(alias)
+    target = versions.get(model, to or _previous(model, alias))
+    host = resolve_host(cfg.ollama.host)
+    c = client(host, cfg.ollama.timeout_s)
+    report = (target.stage("compare") or {}).get("report_sha256")
+    entry = _move(host, c, served_digests(host, c), target, alias, "rollback", {"report_sha256": report})
+    state = versions.read_state(model)
+    state["next_parent"] = target.id
+    versions.write_state(model, state)
+    return entry

@@ -1,0 +1,1 @@
+"""Serve stage: Modelfile and chat template for Ollama, registration, the Ollama client."""

@@ -1,0 +1,95 @@
+"""Rows → token ids with loss only on the assistant's answers, formatted by the model's own template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    truncated: int = 0
+    dropped_no_answer: int = 0
+
+    @property
+    def n_label_tokens(self) -> int:
+        return sum(sum(1 for t in lab if t != -100) for lab in self.labels)
+
+
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the character spans of each assistant turn (with its end-of-turn marker).
+
+    Relies on the property every mainstream chat template has: the rendering of the first
+    k turns, plus the generation prompt, is a prefix of the rendering of all turns.
+    """
+    full = _render(tokenizer, messages, False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start_text = _render(tokenizer, messages[:i], True)
+        end_text = _render(tokenizer, messages[: i + 1], False)
+        if not full.startswith(start_text) or not full.startswith(end_text):
+            from loraship.errors import DataError
+
+            raise DataError(
+                "the model's chat template does not render conversations prefix-consistently; "
+                "loss masking needs that (use a model with a standard chat template)"
+            )
+        spans.append((len(start_text), len(end_text)))
+    return full, spans
+
+
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """Train under the system prompt the model will be served with (the Modelfile's SYSTEM)."""
+    if not system or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
+def encode_rows(tokenizer: Any, rows: list[dict], max_len: int, system: str | None = None) -> Encoded:
+    out = Encoded()
+    for row in rows:
+        text, spans = assistant_spans(tokenizer, with_system(row["messages"], system))
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        labels = [
+            tok if b > a and any(s <= a < e for s, e in spans) else -100
+            for tok, (a, b) in zip(ids, offsets)
+        ]
+        if len(ids) > max_len:
+            out.truncated += 1
+            ids, labels = ids[:max_len], labels[:max_len]
+        if all(t == -100 for t in labels):
+            out.dropped_no_answer += 1  # truncation cut the whole answer: nothing to learn from
+            continue
+        out.input_ids.append(ids)
+        out.labels.append(labels)
+    return out
+
+
+class PadCollator:
+    """Dynamic padding to the longest row of the batch (not to max_seq_length)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.tensor(f["input_ids"])
+            labels[i, :n] = torch.tensor(f["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

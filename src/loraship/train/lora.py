@@ -1,0 +1,287 @@
+"""Incremental LoRA: version N+1 trains on top of version N's adapter (peft + transformers Trainer).
+
+Strategies (recorded in the manifest):
+  continue  load the parent's adapter trainable and keep training it: every version is
+            one adapter on the original base (the default).
+  stack     merge the parent's adapter chain into the base, then train a fresh adapter;
+            export merges the whole chain in order.
+  fresh     no parent adapter: a new adapter on the base (`--fresh`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loraship import paths
+from loraship.base import model as base_model
+from loraship.config import Config
+from loraship.data import prepare as data
+from loraship.errors import VersionError
+from loraship.store import manifest
+from loraship.store.versions import Version, get
+from loraship.train import completion_loss, hparams
+from loraship.train import device as device_mod
+from loraship.train.chat_data import PadCollator, encode_rows
+
+CHECKPOINTS = "checkpoints"
+LOSS_PNG = "loss_curve.png"
+Progress = Callable[[str], None]
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _parent_stage(version: Version) -> tuple[Version | None, dict | None]:
+    parent_id = version.manifest.get("parent")
+    if parent_id is None:
+        return None, None
+    parent = get(version.model, parent_id)
+    stage = parent.stage("train")
+    if not stage:
+        raise VersionError(f"{version.id}'s parent {parent_id} has no trained adapter: train {parent_id} first")
+    return parent, stage
+
+
+def _build_peft_model(cfg: Config, version: Version, strategy: str, base, parent, parent_stage, hp, log: Progress):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if strategy == "continue" and parent is not None:
+        log(f"continuing {parent.id}'s adapter")
+        return PeftModel.from_pretrained(base, parent.path / paths.ADAPTER_DIR, is_trainable=True), [version.id]
+    chain: list[str] = []
+    if strategy == "stack" and parent is not None:
+        for vid in parent_stage["adapter_chain"]:
+            log(f"merging {vid}'s adapter into the base (stack)")
+            base = PeftModel.from_pretrained(base, get(version.model, vid).path / paths.ADAPTER_DIR).merge_and_unload()
+            chain.append(vid)
+    lora = LoraConfig(
+        r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
+        target_modules=hp["target_modules"], task_type="CAUSAL_LM",
+        # An untrained LoRA (B=0) is a no-op; tests that must see the adapter ask for non-zero init.
+        init_lora_weights=not cfg.train.init_lora_nonzero,
+    )
+    return get_peft_model(base, lora), chain + [version.id]
+
+
+def _strategy(cfg: Config, version: Version) -> str:
+    if version.manifest.get("parent") is None:
+        return "fresh"
+    return cfg.train.strategy
+
+
+def _loss_curve_png(history: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="val loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def train_version(
+    cfg: Config, version: Version, *, resume: bool = False, log: Progress = lambda s: None
+) -> dict[str, Any]:
+    """Train `version` (whose data stage is done). Returns the manifest's `stages.train` record.
+
+    The adapter is written to a temp folder and renamed into place; until then the
+    version has no `stages.train` and nothing looks finished. Checkpoints stay in
+    `checkpoints/` so `--resume` can continue after an interrupt.
+    """
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+    if version.stage("train"):
+        raise VersionError(f"{version.model} {version.id} is already trained; prepare new data for the next version")
+    if not version.stage("data"):
+        raise VersionError(f"{version.id} has no data yet: run `loraship data --model {version.model} FILE.jsonl`")
+    ckpt_dir = version.path / CHECKPOINTS
+    if ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*")) and not resume:
+        raise VersionError(
+            f"{version.id} has checkpoints from an interrupted run: continue with `loraship train --resume`, "
+            f"or delete {ckpt_dir} to start over"
+        )
+    started = time.time()
+    dev = device_mod.choose(cfg.train.device)
+    base_path = base_model.resolve(cfg)
+    fingerprint = base_model.fingerprint(base_path)
+    parent, parent_stage = _parent_stage(version)
+    if parent_stage and parent_stage["base"]["sha256"] != fingerprint["sha256"]:
+        raise VersionError(
+            f"{parent.id} was trained on base {parent_stage['base']['path']} (sha256 {parent_stage['base']['sha256'][:12]}), "
+            f"but base_model now is {base_path} ({fingerprint['sha256'][:12]}): point base_model back, or start over with --fresh"
+        )
+    strategy = _strategy(cfg, version)
+    data_dir = version.path / paths.DATA_DIR
+    train_rows = data.load_rows(data_dir / "incremental_replay_final.jsonl")
+    val_rows = data.load_rows(data_dir / "val.jsonl")
+    parent_lora = parent_stage["lora"] if (strategy == "continue" and parent_stage) else None
+    hp, reasons = hparams.choose(cfg.train, len(train_rows), is_increment=parent is not None,
+                                 device=dev.device, parent_lora=parent_lora)
+    log(f"device: {dev.reason}")
+    for k in ("lora_r", "lora_alpha", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
+              "gradient_accumulation_steps", "max_seq_length", "warmup_steps"):
+        log(f"  {k} = {hp[k]}  ({reasons[k]})")
+
+    tok = base_model.load_tokenizer(base_path, cfg.train.trust_remote_code)
+    enc_train = encode_rows(tok, train_rows, hp["max_seq_length"], cfg.ollama.system)
+    enc_val = encode_rows(tok, val_rows, hp["max_seq_length"], cfg.ollama.system)
+    if enc_train.truncated or enc_val.truncated:
+        log(f"truncated {enc_train.truncated + enc_val.truncated} rows longer than {hp['max_seq_length']} tokens")
+
+    quant = None
+    if cfg.train.load_in_4bit:
+        quant = _qlora_config(dev)
+    model = base_model.load_model(base_path, dev.torch_dtype(), cfg.train.trust_remote_code, quant)
+    if hp["target_modules"] is None:
+        hp["target_modules"] = hparams.resolve_targets(model, None)
+    model, chain = _build_peft_model(cfg, version, strategy, model, parent, parent_stage, hp, log)
+    grad_ckpt = cfg.train.gradient_checkpointing if cfg.train.gradient_checkpointing is not None else dev.device == "cuda"
+
+    train_ds = [{"input_ids": i, "labels": lab} for i, lab in zip(enc_train.input_ids, enc_train.labels)]
+    val_ds = [{"input_ids": i, "labels": lab} for i, lab in zip(enc_val.input_ids, enc_val.labels)]
+    has_val = len(val_ds) > 0
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=hp["num_train_epochs"],
+        per_device_train_batch_size=hp["per_device_train_batch_size"],
+        per_device_eval_batch_size=hp["per_device_train_batch_size"],
+        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        learning_rate=hp["learning_rate"],
+        lr_scheduler_type=hp["lr_scheduler_type"],
+        warmup_steps=hp["warmup_steps"],
+        weight_decay=hp["weight_decay"],
+        logging_steps=1,
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=has_val,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=hp["seed"],
+        data_seed=hp["seed"],
+        bf16=dev.dtype == "bfloat16",
+        fp16=dev.dtype == "float16",
+        use_cpu=dev.device == "cpu",
+        activation_checkpointing=grad_ckpt,
+        # Batches of similar length: dynamic padding then wastes almost nothing.
+        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
+        remove_unused_columns=False,
+        report_to=[],
+        dataloader_num_workers=0,
+        ddp_backend="gloo" if dev.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,  # evaluation needs the loss only; answer-only logits have no fixed shape
+    )
+    meter = _token_meter(TrainerCallback)
+    callbacks = [meter]
+    if has_val and cfg.train.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    trainer = completion_loss.trainer_class(Trainer)(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if has_val else None,
+        data_collator=PadCollator(tok.pad_token_id), callbacks=callbacks,
+    )
+    torch.manual_seed(hp["seed"])
+    result = trainer.train(resume_from_checkpoint=True if resume and any(ckpt_dir.glob("checkpoint-*")) else None)
+    if not is_main_process():
+        return {}
+
+    tmp_adapter = version.path / f"{paths.TMP_PREFIX}{paths.ADAPTER_DIR}"
+    shutil.rmtree(tmp_adapter, ignore_errors=True)
+    trainer.model.save_pretrained(tmp_adapter, safe_serialization=True)
+    tok.save_pretrained(tmp_adapter)
+    history = trainer.state.log_history
+    _loss_curve_png(history, version.path / LOSS_PNG)
+    os.replace(tmp_adapter, version.path / paths.ADAPTER_DIR)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    runtime = time.time() - started
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    record = {
+        "strategy": strategy,
+        "parent_adapter": parent.id if parent else None,
+        "adapter_chain": chain,
+        "base": fingerprint,
+        "device": {"device": dev.device, "dtype": dev.dtype, "reason": dev.reason, "gradient_checkpointing": grad_ckpt,
+                   "load_in_4bit": cfg.train.load_in_4bit, "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
+        "hyperparameters": {k: v for k, v in hp.items()},
+        "reasons": reasons,
+        "lora": {"lora_r": hp["lora_r"], "lora_alpha": hp["lora_alpha"], "target_modules": hp["target_modules"]},
+        "system_prompt": cfg.ollama.system,
+        "rows": {"train": len(train_ds), "val": len(val_ds), "truncated": enc_train.truncated + enc_val.truncated,
+                 "dropped_no_answer": enc_train.dropped_no_answer + enc_val.dropped_no_answer},
+        "train_label_tokens": enc_train.n_label_tokens,
+        "train_tokens": int(trainer.state.num_input_tokens_seen),
+        "tokens_per_s": round(trainer.state.num_input_tokens_seen / max(meter.seconds, 1e-9), 1),
+        "global_steps": trainer.state.global_step,
+        "epochs_run": trainer.state.epoch,
+        "early_stopped": bool(has_val and trainer.state.epoch is not None and trainer.state.epoch < hp["num_train_epochs"] - 1e-6),
+        "best_eval_loss": min(evals) if evals else None,
+        "final_train_loss": result.training_loss,
+        "loss_curve": [{k: h[k] for k in ("step", "epoch", "loss", "eval_loss") if k in h} for h in history
+                       if "loss" in h or "eval_loss" in h],
+        "runtime_s": round(runtime, 1),
+        "finished_at": manifest.now_iso(),
+    }
+    return record
+
+
+def _token_meter(callback_base):
+    """Time spent inside optimizer steps (not evaluation or checkpointing) and tokens/s in the logs.
+
+    Tokens are the Trainer's own non-padding count (`include_num_input_tokens_seen`),
+    summed over all processes.
+    """
+
+    class TokenMeter(callback_base):
+        def __init__(self):
+            self.seconds = 0.0
+            self._t0 = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self._t0 is not None:
+                self.seconds += time.perf_counter() - self._t0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs is not None and self.seconds > 0:
+                logs["tokens_per_s"] = round(state.num_input_tokens_seen / self.seconds, 1)
+
+    return TokenMeter()
+
+
+def _qlora_config(dev):
+    from loraship.errors import ConfigError
+
+    if dev.device != "cuda":
+        raise ConfigError("train.load_in_4bit (QLoRA) needs CUDA; this machine trains on " + dev.device)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("train.load_in_4bit needs bitsandbytes: pip install bitsandbytes") from None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)

@@ -1,0 +1,101 @@
+"""The demo dataset: both batches pass the data stage cleanly, and the fixed questions are answerable.
+
+`make demo` trains v1 on batch 1 and v2 on batch 2, then compares them on
+ollama/questions/demo.yaml. That comparison only means something if every fact a fixed
+question asks for was in the training split of the right batch: "old" facts in v1's,
+"new" facts in v2's (and not taught by v1 already).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loraship import config as config_mod
+from loraship.data.prepare import EarlierVersion, load_rows, prepare
+from loraship.evaluate.compare import load_questions
+from loraship.evaluate.scoring import fact_found, tokens
+
+REPO = Path(__file__).resolve().parents[2]
+BATCH1 = REPO / "train" / "data" / "demo_batch1.jsonl"
+BATCH2 = REPO / "train" / "data" / "demo_batch2.jsonl"
+QUESTIONS = REPO / "ollama" / "questions" / "demo.yaml"
+CONFIG = REPO / "train" / "demo.yaml"
+TOPICS = {"v1": {"minerals", "sites"}, "v2": {"survey-methods", "history"}}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """v1 from batch 1, then v2 from batch 2 on top of it, with the demo model's own data config."""
+    cfg = config_mod.load(CONFIG).data
+    root = tmp_path_factory.mktemp("demo-data")
+    v1 = prepare([BATCH1], [], cfg, root / "v1", version_id="v1", strict=True)
+    v2 = prepare([BATCH2], [EarlierVersion("v1", root / "v1", True)], cfg, root / "v2",
+                 version_id="v2", strict=True)
+    return {"v1": (v1, root / "v1"), "v2": (v2, root / "v2")}
+
+
+def answers(path: Path) -> list[list[str]]:
+    """Assistant turns of a normalised JSONL, tokenised the way the scorer reads answers."""
+    return [tokens(m["content"]) for r in load_rows(path) for m in r["messages"] if m["role"] == "assistant"]
+
+
+@pytest.mark.parametrize("version,prefix", [("v1", "b1-"), ("v2", "b2-")])
+def test_batches_are_clean_and_sized(prepared, version, prefix):
+    summary, _ = prepared[version]
+    c = summary["counts"]
+    assert c["invalid"] == 0
+    assert c["duplicates_in_new"] == c["duplicates_vs_earlier"] == c["leaked_test_rows_dropped"] == 0
+    assert 50 <= c["new_kept"] <= 70
+    new_topics = {t["topic"] for t in summary["per_topic"] if t["train"] + t["val"] + t["test"]}
+    assert new_topics == TOPICS[version]
+    assert all(t["train"] and t["test"] for t in summary["per_topic"] if t["topic"] in TOPICS[version])
+    # The demo shows all three input formats being accepted.
+    assert set(summary["formats"]) == {"qa", "instruction", "chat"}
+    assert summary["formats"]["qa"] > summary["formats"]["instruction"] > 0
+    ids = [r["id"] for r in load_rows(prepared[version][1] / "incremental_replay_final.jsonl")
+           if r["origin"] == "new"]
+    assert ids and all(i.startswith(prefix) for i in ids)
+
+
+def test_v2_replays_v1_rows(prepared):
+    summary, _ = prepared["v2"]
+    assert summary["counts"]["replayed"] > 0
+    assert summary["replay"]["per_version"] == {"v1": summary["counts"]["replayed"]}
+    assert summary["counts"]["old_test"] == prepared["v1"][0]["counts"]["test"]
+
+
+def test_question_set_has_old_and_new():
+    qs = load_questions(QUESTIONS)
+    assert sum(q.knowledge == "old" for q in qs) >= 6
+    assert sum(q.knowledge == "new" for q in qs) >= 6
+    assert all(q.facts and q.reference and q.domain for q in qs)
+    for q in qs:  # the reference answer itself must score full marks
+        assert all(fact_found(f, tokens(q.reference)) for f in q.facts), q.id
+    domains = {q.domain for q in qs}
+    assert domains == TOPICS["v1"] | TOPICS["v2"]
+
+
+def test_every_fixed_fact_is_taught_by_the_right_version(prepared):
+    """old -> in v1's training split; new -> in v2's own training split and nowhere in batch 1."""
+    v1_dir, v2_dir = prepared["v1"][1], prepared["v2"][1]
+    taught = {"old": answers(v1_dir / "train.jsonl"), "new": answers(v2_dir / "train.jsonl")}
+    batch1 = [a for split in ("train", "val", "test") for a in answers(v1_dir / f"{split}.jsonl")]
+    problems = []
+    for q in load_questions(QUESTIONS):
+        for fact in q.facts:
+            if not any(fact_found(fact, a) for a in taught[q.knowledge]):
+                problems.append(f"{q.id}: {fact!r} is not in the {q.knowledge} training split")
+            if q.knowledge == "new" and any(fact_found(fact, a) for a in batch1):
+                problems.append(f"{q.id}: {fact!r} is already in batch 1, so v1 knows it too")
+    assert not problems, problems
+
+
+def test_config_points_at_the_demo_files():
+    cfg = config_mod.load(CONFIG)
+    assert cfg.base_model == "bases/smollm2-135m-instruct"
+    assert cfg.compare.questions == "demo"
+    assert cfg.export.quants == ["Q4_K_M"]
+    assert cfg.ollama.system and "Varnholt Basin" in cfg.ollama.system
+    assert CONFIG.read_text(encoding="utf-8").startswith("# make demo")

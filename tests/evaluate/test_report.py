@@ -1,0 +1,132 @@
+"""The three reports: verdict first, every answer present and escaped, no external URL."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import pytest
+
+from loraship.config import CompareConfig, GateConfig
+from loraship.evaluate.compare import Candidate, Question, run_compare
+from loraship.evaluate.report import render_html, write_reports
+
+HOSTILE = '<script>alert("x")</script> see http://evil.example/x.js | a & b\nsecond line'
+QUESTIONS = [
+    Question(
+        "n1",
+        "When was the coop founded?",
+        "Founded in 1987.",
+        ["1987"],
+        "coop",
+        "new",
+        ["Coop Charter"],
+    ),
+    Question("n2", "How many growers?", "12 growers.", ["12 growers"], "coop", "new"),
+    Question("n3", "Delivery window?", "Within 48 hours.", ["48 hours"], "coop", "new"),
+    Question("o1", "Gas for photosynthesis?", "Carbon dioxide.", ["carbon dioxide"], None, "old"),
+    Question("o2", "Water boiling point?", "100 degrees Celsius.", None, None, "old"),
+]
+
+
+class TableBackend:
+    name = "table"
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def served_digest(self, c):
+        return None
+
+    def answer(self, c, messages, options):
+        return self.answers[c.tag][messages[-1]["content"]]
+
+
+def make_report(
+    v2_first_answer: str = "In 1987, says the Coop Charter.", gate: GateConfig | None = None
+):
+    v1 = {q.question: f"v1 does not know ({q.id})" for q in QUESTIONS}
+    v1["Gas for photosynthesis?"] = "Carbon dioxide."
+    v2 = {
+        "When was the coop founded?": v2_first_answer,
+        "How many growers?": "12 growers started it.",
+        "Delivery window?": "48 hours.",
+        "Gas for photosynthesis?": "carbon dioxide",
+        "Water boiling point?": "",
+    }
+    cands = [Candidate("demo:v1", "v1"), Candidate("demo:v2", "v2", "v1")]
+    return run_compare(
+        cands,
+        QUESTIONS,
+        TableBackend({"demo:v1": v1, "demo:v2": v2}),
+        CompareConfig(),
+        gate or GateConfig(),
+        domain_corpus={"coop": ["The coop was founded in 1987."]},
+        system=None,
+    )
+
+
+def _no_external_reference(doc: str) -> None:
+    assert not re.search(r"<script|<link|<iframe|<object|<embed|<img|@import|url\(", doc, re.I)
+    assert not re.search(r"\b(?:src|href|action|xlink:href|srcset)\s*=", doc, re.I)
+
+
+def test_html_has_no_external_url_of_any_kind():
+    doc = render_html(make_report())
+    _no_external_reference(doc)
+    assert not re.search(r"https?:|//", doc)
+
+
+def test_html_escapes_every_answer_and_shows_the_verdict():
+    report = make_report(HOSTILE)
+    doc = render_html(report)
+    _no_external_reference(doc)
+    assert "<script" not in doc and html.escape(HOSTILE) in doc
+    for a in report["answers"]:
+        if a["answer"]:
+            assert html.escape(a["answer"]) in doc
+    assert "(empty answer)" in doc  # v2 said nothing about boiling water
+    # the hostile answer dropped the charter citation: grounding fails, and the banner says why
+    assert report["gate"]["passed"] is False
+    assert re.search(r'class="banner fail"><div class="verdict">FAIL</div>', doc)
+    assert html.escape(report["gate"]["reason"]) in doc and "grounding" in report["gate"]["reason"]
+
+
+def test_html_banner_says_pass_and_chart_has_a_bar_per_tag_and_metric():
+    report = make_report()
+    assert report["gate"]["passed"] is True
+    doc = render_html(report)
+    assert '<div class="verdict">PASS</div>' in doc and 'class="banner pass"' in doc
+    bars = re.findall(r"<title>(demo:v[12]) ([a-z() ]+): [0-9.]+</title>", doc)
+    # 6 metrics (grounding included: one question cites a source); v1 has no retention bar
+    assert len(bars) == 6 * 2 - 1
+    assert ("demo:v2", "retention") in bars and ("demo:v1", "retention") not in bars
+
+
+def test_write_reports_writes_all_three_with_the_verdict_first(tmp_path):
+    report = make_report(HOSTILE, gate=GateConfig(min_grounding=0))
+    paths = write_reports(report, tmp_path / "compare")
+    assert set(paths) == {"json", "md", "html"} and all(p.exists() for p in paths.values())
+    assert json.loads(paths["json"].read_text()) == report
+    md = paths["md"].read_text()
+    assert md.splitlines()[0] == "# PASS: demo:v2 vs demo:v1: all checks passed"
+    # model text cannot break the markdown table or inject HTML
+    row = next(line for line in md.splitlines() if "evil.example" in line)
+    assert "&lt;script&gt;" in row and "\\|" in row and "<br>second line" in row
+    assert row.count(" | ") == 5  # still six cells
+    assert not list((tmp_path / "compare").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_markdown_lists_every_gate_check(tmp_path, passed):
+    report = make_report(gate=GateConfig(min_new_gain=0 if passed else 101))
+    md = write_reports(report, tmp_path)["md"].read_text()
+    for label in (
+        "parent compared",
+        "new-knowledge accuracy gain",
+        "old-knowledge accuracy lost",
+        "mean grounding",
+    ):
+        assert label in md
+    assert md.startswith("# PASS" if passed else "# FAIL")

@@ -1,0 +1,44 @@
+"""The automatic hyperparameter table, and that every choice can be overridden and is explained."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraship.config import TrainConfig
+from loraship.train.hparams import choose
+
+
+@pytest.mark.parametrize("rows,r,alpha,epochs,seq", [
+    (10, 8, 16, 10, 512), (99, 8, 16, 10, 512), (100, 16, 32, 5, 640), (500, 16, 32, 5, 640),
+    (501, 32, 64, 3, 768), (5000, 32, 64, 3, 768),
+])
+def test_table_by_dataset_size(rows, r, alpha, epochs, seq):
+    hp, why = choose(TrainConfig(), rows, is_increment=False, device="cpu")
+    assert (hp["lora_r"], hp["lora_alpha"], hp["num_train_epochs"], hp["max_seq_length"]) == (r, alpha, epochs, seq)
+    assert hp["learning_rate"] == 2e-4
+    assert hp["per_device_train_batch_size"] * hp["gradient_accumulation_steps"] == 8
+    assert str(rows) in why["lora_r"]
+
+
+def test_increment_uses_lower_learning_rate_and_inherits_the_parent_adapter_shape():
+    parent = {"lora_r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    hp, why = choose(TrainConfig(), 600, is_increment=True, device="cpu", parent_lora=parent)
+    assert hp["learning_rate"] == 1e-4
+    assert (hp["lora_r"], hp["target_modules"]) == (8, ["q_proj", "v_proj"])
+    assert "parent" in why["lora_r"]
+
+
+def test_warmup_is_ten_percent_capped_at_fifty():
+    hp, _ = choose(TrainConfig(), 80, is_increment=False, device="cpu")
+    assert hp["warmup_steps"] == 10  # 10 steps/epoch x 10 epochs = 100 steps
+    hp, _ = choose(TrainConfig(), 5000, is_increment=False, device="cuda")
+    assert hp["warmup_steps"] == 50
+
+
+def test_every_value_is_overridable_and_marked_as_set():
+    cfg = TrainConfig(lora_r=4, lora_alpha=4, num_train_epochs=1, learning_rate=5e-5, max_seq_length=64,
+                      per_device_train_batch_size=2, gradient_accumulation_steps=3)
+    hp, why = choose(cfg, 50, is_increment=True, device="cuda")
+    assert (hp["lora_r"], hp["lora_alpha"], hp["num_train_epochs"], hp["learning_rate"], hp["max_seq_length"],
+            hp["per_device_train_batch_size"], hp["gradient_accumulation_steps"]) == (4, 4, 1, 5e-5, 64, 2, 3)
+    assert why["learning_rate"] == "set in config or on the command line"

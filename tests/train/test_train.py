@@ -1,0 +1,210 @@
+"""Incremental training on a tiny model: loss masking, lineage over three versions, strategies,
+interrupt + resume, and DDP through torchrun with two CPU processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import qa_rows, write_jsonl
+from loraship import paths, pipeline
+from loraship.errors import VersionError
+from loraship.store import versions
+
+pytestmark = pytest.mark.slow
+
+
+def test_loss_is_only_on_assistant_answers(tiny_base):
+    from transformers import AutoTokenizer
+
+    from loraship.train.chat_data import encode_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    row = {"messages": [{"role": "user", "content": "Where is kessrite mined?"},
+                        {"role": "assistant", "content": "At the Dunmere Pit."},
+                        {"role": "user", "content": "And orvalite?"},
+                        {"role": "assistant", "content": "At Halden Cut."}]}
+    enc = encode_rows(tok, [row], max_len=512)
+    learned = tok.decode([t for t in enc.labels[0] if t != -100])
+    # each answer with its end-of-turn marker (and the newline ChatML puts after it)
+    assert learned == "At the Dunmere Pit.<|im_end|>\nAt Halden Cut.<|im_end|>\n"
+    assert "kessrite" not in learned and "system" not in learned
+
+
+def test_rows_longer_than_the_limit_are_truncated_and_counted(tiny_base):
+    from transformers import AutoTokenizer
+
+    from loraship.train.chat_data import encode_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    long_answer = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "word " * 200}]}
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "A."}]}
+    enc = encode_rows(tok, [long_answer, long_prompt], max_len=64)
+    assert enc.truncated == 2
+    assert enc.dropped_no_answer == 1  # the answer of the second row was cut off entirely
+    assert len(enc.input_ids) == 1 and len(enc.input_ids[0]) == 64
+
+
+def _train(model: str, files: list[Path], **kw) -> versions.Version:
+    cfg = pipeline.load_config(model, overrides=kw.pop("overrides", None))
+    pipeline.stage_data(model, cfg, files, **kw)
+    return pipeline.stage_train(model, cfg)
+
+
+def test_three_versions_record_lineage_data_replay_and_settings(isolated_home, tiny_config):
+    tiny_config("tiny", train__num_train_epochs=1)
+    b = [write_jsonl(isolated_home / f"b{i}.jsonl", qa_rows(name, 20, name)) for i, name in enumerate(["alpha", "beta", "gamma"])]
+    v1 = _train("tiny", [b[0]])
+    v2 = _train("tiny", [b[1]])
+    v3 = _train("tiny", [b[2]], overrides={"train.strategy": "stack"})
+    m1, m2, m3 = v1.manifest, v2.manifest, v3.manifest
+    assert (m1["parent"], m2["parent"], m3["parent"]) == (None, "v1", "v2")
+    assert (m1["strategy"], m2["strategy"], m3["strategy"]) == ("fresh", "continue", "stack")
+    # v2 continued v1's adapter (it holds both), so stacking v3 merges v2's chain, then adds v3
+    assert m3["stages"]["train"]["adapter_chain"] == ["v2", "v3"]
+    assert m2["stages"]["train"]["adapter_chain"] == ["v2"]
+    replay = m3["stages"]["data"]["replay"]
+    assert set(replay["per_version"]) <= {"v1", "v2"} and sum(replay["per_version"].values()) > 0
+    assert m3["stages"]["data"]["counts"]["replayed"] == len(replay["rows"])
+    hp = m2["stages"]["train"]["hyperparameters"]
+    for key in ("learning_rate", "num_train_epochs", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
+                "warmup_ratio", "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "max_seq_length", "seed"):
+        assert key in hp, key
+        assert key in m2["stages"]["train"]["reasons"], key
+    assert hp["learning_rate"] == 1e-4 and m1["stages"]["train"]["hyperparameters"]["learning_rate"] == 2e-4
+    assert m2["stages"]["train"]["base"]["sha256"] == m1["stages"]["train"]["base"]["sha256"]
+    assert m2["stages"]["train"]["loss_curve"] and (v2.path / "loss_curve.png").stat().st_size > 1000
+    assert (v2.path / paths.ADAPTER_DIR / "adapter_model.safetensors").exists()
+    # a trained version is never retrained
+    with pytest.raises(VersionError, match="already trained"):
+        pipeline.stage_train("tiny", pipeline.load_config("tiny"), "v2")
+
+
+def test_changed_base_is_refused_for_an_increment(isolated_home, tiny_config, tiny_base, tmp_path):
+    import shutil
+
+    tiny_config("tiny", train__num_train_epochs=1)
+    _train("tiny", [write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 12))])
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_base, other)
+    (other / "config.json").write_text((other / "config.json").read_text().replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e-06'))
+    cfg = pipeline.load_config("tiny", overrides={"base_model": str(other)})
+    pipeline.stage_data("tiny", cfg, [write_jsonl(isolated_home / "b.jsonl", qa_rows("beta", 12))])
+    with pytest.raises(VersionError, match="was trained on base"):
+        pipeline.stage_train("tiny", cfg)
+
+
+def _cli(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "loraship.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_interrupted_training_leaves_no_finished_version_and_resumes(isolated_home, tiny_config):
+    tiny_config("tiny", train__num_train_epochs=4)
+    pipeline.stage_data("tiny", pipeline.load_config("tiny"), [write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 24))])
+    v1 = versions.get("tiny", "v1")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = _cli(["train", "-m", "tiny"], env)
+    ckpts = v1.path / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(ckpts.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.5)
+    time.sleep(1.0)  # let the checkpoint finish writing
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    assert "train" not in v1.manifest["stages"]
+    assert not (v1.path / paths.ADAPTER_DIR).exists()
+    with pytest.raises(VersionError, match="--resume"):
+        pipeline.stage_train("tiny", pipeline.load_config("tiny"))
+    done = _cli(["train", "-m", "tiny", "--resume"], env)
+    out, _ = done.communicate(timeout=600)
+    assert done.returncode == 0, out
+    rec = v1.manifest["stages"]["train"]
+    assert rec["global_steps"] == 4 * 3  # 17 train rows / batch 8 = 3 steps per epoch, 4 epochs
+    assert not ckpts.exists()
+
+
+def test_continue_and_stack_serve_the_same_model_when_the_increment_learns_nothing(isolated_home, tiny_config):
+    """lr=0 increment: `continue` keeps v1's adapter, `stack` merges v1 then adds a zero adapter.
+    Either way the merged model must equal base+v1 — the chain is applied faithfully."""
+    import torch
+
+    from loraship.base import model as base_model
+    from loraship.export.merge import merge_chain
+    from loraship.export.pipeline import _adapters
+
+    tiny_config("tiny", train__num_train_epochs=1)
+    b1 = write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 12))
+    v1 = _train("tiny", [b1])
+    b2 = write_jsonl(isolated_home / "b.jsonl", qa_rows("beta", 12))
+    zero = {"train.learning_rate": 0.0, "train.init_lora_nonzero": False}
+    cont = _train("tiny", [b2], overrides={**zero, "train.strategy": "continue"})
+    b3 = write_jsonl(isolated_home / "c.jsonl", qa_rows("gamma", 12))
+    stack = _train("tiny", [b3], from_ref="v1", overrides={**zero, "train.strategy": "stack"})
+
+    def merged_logits(v):
+        train = v.stage("train")
+        tok = base_model.load_tokenizer(Path(train["base"]["path"]))
+        model = base_model.load_model(Path(train["base"]["path"]), torch.float32)
+        model, _ = merge_chain(model, tok, _adapters(v, train), 1e-3)
+        ids = tok("Site 3 has alpha code", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    ref = merged_logits(v1)
+    assert torch.allclose(merged_logits(cont), ref, atol=1e-4)
+    assert torch.allclose(merged_logits(stack), ref, atol=1e-4)
+    base = base_model.load_model(Path(v1.stage("train")["base"]["path"]), torch.float32)
+    tok = base_model.load_tokenizer(Path(v1.stage("train")["base"]["path"]))
+    with torch.no_grad():
+        plain = base(input_ids=tok("Site 3 has alpha code", return_tensors="pt")["input_ids"]).logits
+    assert not torch.allclose(plain, ref, atol=1e-4), "v1's adapter must change the model (non-zero init)"
+
+
+def test_two_cpu_processes_with_torchrun_produce_one_adapter(isolated_home, tiny_config):
+    tiny_config("tiny", train__num_train_epochs=1)
+    pipeline.stage_data("tiny", pipeline.load_config("tiny"), [write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 24))])
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "loraship.cli",
+                           "train", "-m", "tiny"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    v1 = versions.get("tiny", "v1")
+    rec = v1.stage("train")
+    assert rec["device"]["world_size"] == 2
+    assert len(list((v1.path / paths.ADAPTER_DIR).glob("adapter_model.safetensors"))) == 1
+    assert len(versions.list_versions("tiny")) == 1
+
+
+def test_answer_only_logits_give_the_same_loss_as_the_full_model(tiny_base):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loraship.train.chat_data import PadCollator, encode_rows
+    from loraship.train.completion_loss import answer_only_loss, supports_position_mask
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    rows = [{"messages": [{"role": "user", "content": f"Where is mineral {i}?"},
+                          {"role": "assistant", "content": "At pit " * (i + 1)}]} for i in range(3)]
+    enc = encode_rows(tok, rows, max_len=128)
+    batch = PadCollator(tok.pad_token_id)([{"input_ids": i, "labels": lab} for i, lab in zip(enc.input_ids, enc.labels)])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert supports_position_mask(model)
+    full = model(**batch).loss
+    ours, out = answer_only_loss(model, batch)
+    assert torch.allclose(full, ours, atol=1e-5)
+    n_labels = int(batch["labels"][:, 1:].ne(-100).sum())
+    assert out.logits.shape[0] == n_labels  # only answer positions reached the vocabulary projection
+    ours.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
