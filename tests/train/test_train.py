@@ -185,26 +185,45 @@ def test_two_cpu_processes_with_torchrun_produce_one_adapter(isolated_home, tiny
     assert len(versions.list_versions("tiny")) == 1
 
 
-def test_answer_only_logits_give_the_same_loss_as_the_full_model(tiny_base):
+@pytest.mark.parametrize("mode", ["mask", "positions"])
+def test_answer_only_logits_give_the_same_loss_as_the_full_model(tiny_base, mode):
+    """Both ways of asking for answer logits (the boolean mask of newer transformers, and the
+    1-D positions every supported release takes) give the model's own loss and gradients."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from loraship.train.chat_data import PadCollator, encode_rows
-    from loraship.train.completion_loss import answer_only_loss, supports_position_mask
+    from loraship.train.completion_loss import MASK, answer_only_loss, position_mode
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
-    rows = [{"messages": [{"role": "user", "content": f"Where is mineral {i}?"},
+    rows = [{"messages": [{"role": "user", "content": f"Where is mineral {i}?" + " really" * (3 - i)},
                           {"role": "assistant", "content": "At pit " * (i + 1)}]} for i in range(3)]
     enc = encode_rows(tok, rows, max_len=128)
     batch = PadCollator(tok.pad_token_id)([{"input_ids": i, "labels": lab} for i, lab in zip(enc.input_ids, enc.labels)])
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    assert supports_position_mask(model)
+    if mode == "mask" and position_mode(model) != MASK:
+        pytest.skip("this transformers release takes no boolean logits_to_keep (the positions mode covers it)")
     full = model(**batch).loss
-    ours, out = answer_only_loss(model, batch)
+    ours, out = answer_only_loss(model, batch, mode=mode)
     assert torch.allclose(full, ours, atol=1e-5)
     n_labels = int(batch["labels"][:, 1:].ne(-100).sum())
-    assert out.logits.shape[0] == n_labels  # only answer positions reached the vocabulary projection
+    assert out.logits.shape[0] == n_labels  # one logit row per answer token
     ours.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_the_logits_mode_matches_what_the_installed_transformers_takes(tiny_base):
+    """transformers releases that accept a boolean logits_to_keep get the mask; older ones
+    (5.17, the floor) get positions, and training works on both."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from loraship.train.completion_loss import MASK, POSITIONS, position_mode
+
+    mode = position_mode(AutoModelForCausalLM.from_pretrained(tiny_base))
+    major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
+    assert mode in (MASK, POSITIONS)
+    if major_minor <= (5, 17):
+        assert mode == POSITIONS

@@ -181,7 +181,7 @@ def train_version(
         bf16=dev.dtype == "bfloat16",
         fp16=dev.dtype == "float16",
         use_cpu=dev.device == "cpu",
-        activation_checkpointing=grad_ckpt,
+        **checkpointing_argument(TrainingArguments, grad_ckpt),
         # Batches of similar length: dynamic padding then wastes almost nothing.
         train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
         remove_unused_columns=False,
@@ -243,6 +243,19 @@ def train_version(
         "finished_at": manifest.now_iso(),
     }
     return record
+
+
+def checkpointing_argument(training_arguments: type, enabled: bool) -> dict[str, bool]:
+    """The TrainingArguments keyword for activation (gradient) checkpointing.
+
+    Newer transformers name it `activation_checkpointing`; releases up to at least 5.17
+    (stock CUDA images) only know `gradient_checkpointing`. Same switch, either name.
+    """
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(training_arguments)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: enabled}
 
 
 def _token_meter(callback_base):
