@@ -1,10 +1,13 @@
 # loraship training image: `make image` builds it; docs/docker.md explains it.
 #
 # The install steps are the ones `make setup` runs on a workstation, in the same order:
-#   1. pip install torch==$TORCH_VERSION      (here: the CUDA build)
-#   2. pip install '.[$EXTRAS]'                 (training + export extras)
-#   3. python build/provision_llamacpp.py       (llama.cpp converter for that llama-cpp-python)
-# tests/test_container.py fails when the torch pin or the extras drift from the Makefile.
+#   1. pip install torch==$TORCH_VERSION                  (here: the CUDA build)
+#   2. python build/llamacpp_wheel.py                      (llama.cpp for every x86-64 CPU)
+#   3. pip install --require-hashes --no-deps -r build/requirements.lock
+#   4. pip install --no-deps .                             (loraship itself)
+#   5. python build/provision_llamacpp.py                  (llama.cpp converter for that llama-cpp-python)
+# tests/test_container.py fails when the torch pin, the lock or the build script drift
+# from the Makefile.
 #
 # The base is CUDA's small "base" flavour on purpose: the torch wheel ships its own CUDA
 # runtime and cuDNN, so a cudnn-runtime base would carry them twice (gigabytes). The image
@@ -42,21 +45,22 @@ RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSI
 # Nothing installed later may swap the pinned torch for another version.
 ENV PIP_CONSTRAINT=/opt/torch-constraint.txt
 
-# 2. The project's dependencies first, read from pyproject.toml, so that editing src/
-#    does not recompile llama-cpp-python; then the project itself with the same extras
-#    (DL3013 asks for a version pin, which a local project path has no use for).
-#    GGML_NATIVE=OFF: the image runs on other CPUs than the one that built it.
-ARG EXTRAS=train,export
-ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"
+# 2-4. llama-cpp-python built for runtime CPU dispatch (every x86-64 CPU, the best kernels
+#    chosen when loaded; -fno-dse added by the script where GCC is older than 13), then
+#    every other dependency at the lock's exact version and sha256, then the project. The
+#    lock and the build script come first so that editing src/ recompiles nothing.
 WORKDIR /src
+COPY build/requirements.lock build/llamacpp_wheel.py build/
+RUN LORASHIP_WHEELHOUSE=/tmp/wheels python build/llamacpp_wheel.py --lock build/requirements.lock \
+ && rm -rf /tmp/wheels \
+ && python -m pip install --require-hashes --no-deps -r build/requirements.lock
 COPY pyproject.toml README.md ./
-RUN python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = p.get("optional-dependencies", {}); print("\n".join(p["dependencies"] + [r for e in sys.argv[1].split(",") for r in extras[e]]))' "${EXTRAS}" > /tmp/requirements.txt \
- && python -m pip install -r /tmp/requirements.txt
 COPY src ./src
 # hadolint ignore=DL3013
-RUN python -m pip install ".[${EXTRAS}]"
+RUN python -m pip install --no-deps . \
+ && python -m pip check
 
-# 3. The converter, by the same script a workstation runs, into a fixed folder that the
+# 5. The converter, by the same script a workstation runs, into a fixed folder that the
 #    runtime finds through LORASHIP_TOOLS (the repo mounted at /workspace is not needed).
 ENV LORASHIP_TOOLS=/opt/loraship/tools
 COPY build/provision_llamacpp.py build/

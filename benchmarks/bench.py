@@ -28,13 +28,16 @@ RESULTS = Path("bench-results")
 def run_arm(arm: str, spec: dict) -> dict:
     """One arm in a fresh interpreter; returns its JSON result plus wall time and peak RSS."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_arms", arm, json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = Path(spec["work"]) / f"{arm}.log"  # the arm's stderr, for when it fails
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_arms", arm, json.dumps(spec)],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if status != 0:
-        raise RuntimeError(f"bench arm {arm} failed (status {status}); run `python -m benchmarks.bench_arms {arm} '{json.dumps(spec)}'`")
+        raise RuntimeError(f"bench arm {arm} failed (status {status}); see {log}")
     result = json.loads(out.strip().splitlines()[-1])
     result.update(wall_s=round(wall, 2), peak_rss_mb=round(usage.ru_maxrss / 1024, 1))
     return result
@@ -44,16 +47,40 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
 
-def bench_train(spec: dict, repeats: int) -> dict:
-    runs = []
-    for _ in range(repeats):  # alternate arms so drift in machine load hits both
-        ours = run_arm("train_loraship", spec)
-        plain = run_arm("train_plain", spec)
-        runs.append({"loraship": ours, "plain": plain,
-                     "tokens_per_s_ratio": _ratio(ours["tokens_per_s"], plain["tokens_per_s"]),
-                     "peak_rss_ratio": _ratio(ours["peak_rss_mb"], plain["peak_rss_mb"])})
-    best = sorted(r["tokens_per_s_ratio"] for r in runs)
-    return {"runs": runs, "tokens_per_s_ratio_median": best[len(best) // 2], "goal": ">= 1.5"}
+TRAIN_ARMS = ("loraship", "loraship_padding_free", "plain", "trl")
+
+
+def _arm_spec(spec: dict, arm: str) -> tuple[str, dict]:
+    if arm == "loraship_padding_free":  # measured variant: padding-free forced on whatever attention there is
+        return "train_loraship", {**spec, "overrides": {"train.padding_free": True}}
+    return f"train_{arm}", spec
+
+
+def _interval(values: list[float]) -> dict:
+    v = sorted(values)
+    return {"min": v[0], "median": v[len(v) // 2], "max": v[-1], "n": len(v)}
+
+
+def bench_train(spec: dict, repeats: int, arms: tuple[str, ...] = TRAIN_ARMS) -> dict:
+    """Every arm on the same prepared rows, interleaved (arm order rotates each round) so
+    drifting machine load hits all arms; ratios per round, then their min/median/max."""
+    prepared = run_arm("train_prepare", spec)
+    spec = {**spec, **prepared}
+    rounds = []
+    for r in range(repeats):
+        order = arms[r % len(arms):] + arms[:r % len(arms)]
+        results = {}
+        for arm in order:
+            name, arm_spec = _arm_spec(spec, arm)
+            results[arm] = run_arm(name, arm_spec)
+            results[arm]["loadavg_1m"] = os.getloadavg()[0]
+        ours = results.get("loraship")
+        ratios = {f"vs_{a}": _ratio(ours["tokens_per_s"], results[a]["tokens_per_s"]) for a in arms if a != "loraship"}
+        rounds.append({"order": list(order), "arms": results, "tokens_per_s_ratio": ratios})
+    summary = {a: _interval([rd["arms"][a]["tokens_per_s"] for rd in rounds]) for a in arms}
+    ratios = {k: _interval([rd["tokens_per_s_ratio"][k] for rd in rounds]) for k in rounds[0]["tokens_per_s_ratio"]}
+    return {"train_rows": prepared["train_rows"], "rounds": rounds, "tokens_per_s": summary,
+            "tokens_per_s_ratio": ratios, "goal": {"vs_plain": ">= 1.5", "vs_trl": ">= 1.0"}}
 
 
 def bench_incremental(spec: dict) -> dict:
@@ -76,9 +103,7 @@ def bench_export(spec: dict) -> dict:
 
 
 def bench_compare(spec: dict) -> dict:
-    res = run_arm("compare", spec)
-    res["speedup"] = _ratio(res["concurrent_answers_per_s"], res["serial_answers_per_s"])
-    return res
+    return run_arm("compare", spec)
 
 
 def main() -> None:
@@ -89,15 +114,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--only", nargs="*", choices=["train", "incr", "export", "compare"])
+    ap.add_argument("--train-arms", nargs="*", choices=TRAIN_ARMS, default=list(TRAIN_ARMS))
     ap.add_argument("--out", type=Path, default=RESULTS / "bench.json")
     args = ap.parse_args()
     work = Path(os.environ.get("LORASHIP_BENCH_DIR", RESULTS / "work")).resolve()
     base = bench_arms.ensure_base(args.base, work)
     spec = {"base": str(base), "rows": args.rows, "max_seq_length": args.max_seq_length, "epochs": args.epochs,
-            "work": str(work)}
+            "work": str(work), "lora": bench_arms.LORA, "batch": bench_arms.BATCH, "accum": bench_arms.ACCUM,
+            "lr": bench_arms.LR, "rows_file": str(bench_arms.demo_rows_file(args.rows, work))}
     todo = args.only or ["train", "incr", "export", "compare"]
     result: dict = {"spec": spec, "machine": bench_arms.machine()}
-    for name, fn in (("train", lambda: bench_train(spec, args.repeats)), ("incr", lambda: bench_incremental(spec)),
+    for name, fn in (("train", lambda: bench_train(spec, args.repeats, tuple(args.train_arms))), ("incr", lambda: bench_incremental(spec)),
                      ("export", lambda: bench_export(spec)), ("compare", lambda: bench_compare(spec))):
         if name in todo:
             print(f"== {name}", file=sys.stderr, flush=True)
@@ -107,13 +134,21 @@ def main() -> None:
     print(summary(result))
 
 
+def train_summary(t: dict) -> list[str]:
+    """Tokens/s per arm (min / median / max over the rounds) and loraship's same-round ratios."""
+    lines = [f"{'train arm':<24}{'tokens/s min':>14}{'median':>10}{'max':>10}   ratio loraship/arm (min-median-max)"]
+    for arm, iv in t["tokens_per_s"].items():
+        ratio = t["tokens_per_s_ratio"].get(f"vs_{arm}")
+        rtxt = f"{ratio['min']}-{ratio['median']}-{ratio['max']}" if ratio else ""
+        lines.append(f"{arm:<24}{iv['min']:>14}{iv['median']:>10}{iv['max']:>10}   {rtxt}")
+    return lines
+
+
 def summary(r: dict) -> str:
-    lines = [f"{'benchmark':<34}{'loraship':>14}{'plain':>14}{'ratio':>9}  goal"]
+    lines = []
     if "train" in r:
-        t = r["train"]["runs"][-1]
-        lines.append(f"{'train tokens/s (non-padding)':<34}{t['loraship']['tokens_per_s']:>14}{t['plain']['tokens_per_s']:>14}"
-                     f"{r['train']['tokens_per_s_ratio_median']:>9}  >= 1.5")
-        lines.append(f"{'train peak RSS MB':<34}{t['loraship']['peak_rss_mb']:>14}{t['plain']['peak_rss_mb']:>14}{t['peak_rss_ratio']:>9}")
+        lines += train_summary(r["train"])
+    lines.append(f"{'benchmark':<34}{'loraship':>14}{'plain':>14}{'ratio':>9}  goal")
     if "incr" in r:
         i = r["incr"]
         lines.append(f"{'v2 increment vs scratch (s)':<34}{i['increment_s']:>14}{i['scratch_s']:>14}{i['time_ratio']:>9}"
@@ -124,9 +159,13 @@ def summary(r: dict) -> str:
         lines.append(f"{'export merge+convert+quantize s':<34}{e['loraship']['steps_s']:>14}{e['plain']['steps_s']:>14}{e['steps_wall_ratio']:>9}  <= 1.1")
         lines.append(f"{'export peak RSS MB':<34}{e['loraship']['peak_rss_mb']:>14}{e['plain']['peak_rss_mb']:>14}{e['peak_rss_ratio']:>9}  <= 1.1")
     if "compare" in r:
-        c = r["compare"]
-        lines.append(f"{'compare answers/s':<34}{c['concurrent_answers_per_s']:>14}{c['serial_answers_per_s']:>14}{c['speedup']:>9}"
-                     f"  (concurrency {c['concurrency']} vs 1)")
+        for backend in ("llamacpp", "ollama_double", "ollama_real"):
+            if backend in r["compare"]:
+                c = r["compare"][backend]
+                lines.append(f"{'compare answers/s ' + backend:<34}{c['auto_answers_per_s']:>14}"
+                             f"{c['two_at_once_default_threads_answers_per_s']:>14}{c['auto_vs_two_at_once']:>9}"
+                             f"  auto ({c['auto_plan']['workers']} at once) vs 2 at once; 1 at a time: "
+                             f"{c['one_at_a_time_answers_per_s']}")
     return "\n".join(lines)
 
 

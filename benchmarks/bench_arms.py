@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import train_arms
+
 DEMO_BASE = Path("bases/smollm2-135m-instruct")
 DEMO_BATCHES = (Path("train/data/demo_batch1.jsonl"), Path("train/data/demo_batch2.jsonl"))
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
@@ -52,6 +54,11 @@ def _rows(n: int, batch: int = 0) -> list[dict]:
     return (rows * (n // len(rows) + 1))[:n]
 
 
+def demo_rows_file(n: int, work: Path) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    return _write(work / f"demo-rows-{n}.jsonl", _rows(n))
+
+
 def _home(spec: dict, name: str) -> Path:
     home = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=spec["work"]))
     (home / "train").mkdir()
@@ -69,68 +76,6 @@ def _write(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps({"messages": r["messages"], "topic": r.get("topic"), "id": f"r{i}"}) + "\n"
                             for i, r in enumerate(rows)))
     return path
-
-
-def train_loraship(spec: dict) -> dict:
-    from loraship import pipeline
-
-    home = _home(spec, "train-loraship")
-    cfg = pipeline.load_config("bench")
-    pipeline.stage_data("bench", cfg, [_write(home / "rows.jsonl", _rows(spec["rows"]))], strict=False)
-    rec = pipeline.stage_train("bench", cfg).stage("train")
-    return {"tokens_per_s": rec["tokens_per_s"], "train_tokens": rec["train_tokens"], "train_s": rec["runtime_s"],
-            "rows": rec["rows"]["train"]}
-
-
-def train_plain(spec: dict) -> dict:
-    """What a hand-written script does: pad every row to max_length, loss on every non-pad token."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        DataCollatorForLanguageModeling,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
-
-    rows = _rows(spec["rows"])[: int(spec["rows"] * 0.9)]  # the loraship arm trains on its 90% train split
-    tok = AutoTokenizer.from_pretrained(spec["base"])
-    tok.pad_token = tok.pad_token or tok.eos_token
-    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-    enc = tok(texts, padding="max_length", truncation=True, max_length=spec["max_seq_length"], add_special_tokens=False)
-    ds = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
-    real_tokens = sum(sum(m) for m in enc["attention_mask"])
-    model = AutoModelForCausalLM.from_pretrained(spec["base"], dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                             "up_proj", "down_proj"], task_type="CAUSAL_LM"))
-
-    class StepTimer(TrainerCallback):
-        seconds = 0.0
-
-        def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            StepTimer.seconds += time.perf_counter() - self.t0
-
-    out = tempfile.mkdtemp(dir=spec["work"])
-    args = TrainingArguments(output_dir=out, num_train_epochs=spec["epochs"], per_device_train_batch_size=BATCH,
-                             gradient_accumulation_steps=ACCUM, learning_rate=LR, lr_scheduler_type="cosine",
-                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                             disable_tqdm=True, include_num_input_tokens_seen="non_padding")
-    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[StepTimer()],
-                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
-    t0 = time.perf_counter()
-    trainer.train()
-    train_s = time.perf_counter() - t0
-    shutil.rmtree(out, ignore_errors=True)
-    tokens = int(trainer.state.num_input_tokens_seen)  # the same non-padding count the loraship arm reports
-    assert tokens == real_tokens * spec["epochs"], (tokens, real_tokens)
-    return {"tokens_per_s": round(tokens / StepTimer.seconds, 1), "train_tokens": tokens, "train_s": round(train_s, 1),
-            "rows": len(rows), "padded_tokens": len(ds) * spec["max_seq_length"] * spec["epochs"]}
 
 
 def incremental(spec: dict) -> dict:
@@ -209,33 +154,13 @@ def export_plain(spec: dict) -> dict:
 
 
 def compare(spec: dict) -> dict:
-    from loraship.base.smollm2 import smollm2_gguf
-    from loraship.evaluate.backends import LlamaCppBackend
-    from loraship.evaluate.compare import Candidate
+    from benchmarks.compare_arms import compare as run
 
-    work = Path(tempfile.mkdtemp(dir=spec["work"]))
-    ggufs = [shutil.copy(smollm2_gguf(), work / f"m{i}.gguf") for i in range(2)]
-    cands = [Candidate(tag=f"m:v{i + 1}", version=f"v{i + 1}", gguf_path=Path(g)) for i, g in enumerate(ggufs)]
-    questions = [r["messages"][0]["content"] for r in _rows(8)]
-    opts = {"temperature": 0, "seed": 7, "num_predict": 32}
-    out = {"concurrency": 2, "answers": len(cands) * len(questions)}
-    from concurrent.futures import ThreadPoolExecutor
-
-    with LlamaCppBackend(n_ctx=512) as backend:
-        for c in cands:  # load both before timing
-            backend.answer(c, [{"role": "user", "content": "hi"}], {**opts, "num_predict": 1})
-        for label, workers in (("serial", 1), ("concurrent", 2)):
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda cq: backend.answer(cq[0], [{"role": "user", "content": cq[1]}], opts),
-                              [(c, q) for c in cands for q in questions]))
-            out[f"{label}_answers_per_s"] = round(out["answers"] / (time.perf_counter() - t0), 3)
-    shutil.rmtree(work, ignore_errors=True)
-    return out
+    return run(spec, [r["messages"][0]["content"] for r in _rows(8)])
 
 
-ARMS = {f.__name__: f for f in (train_loraship, train_plain, incremental, export_prepare, export_loraship,
-                                export_plain, compare)}
+ARMS = {**train_arms.ARMS, **{f.__name__: f for f in (incremental, export_prepare, export_loraship, export_plain,
+                                                      compare)}}
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[2])

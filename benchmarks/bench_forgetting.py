@@ -1,10 +1,26 @@
-"""`make bench-forgetting`: does replay keep old knowledge? Measured on the demo model and data.
+"""`make bench-forgetting`: which increment method keeps v1's knowledge while v2 learns batch 2?
 
-Cells: base; v1 (batch 1); v2 on top of v1 (batch 2) with replay 0%, 10%, 20%, 30%
-(strategy continue); v2 with 20% replay and strategy stack. Each cell is scored on the
-demo question set's batch-1 ("old") and batch-2 ("new") questions with the comparison's
-fact-accuracy rule, greedy decoding of the merged model. Repeated over --runs seeds
-(split/replay seed and training seed change together); JSON + PNG in bench-results/.
+Measured on the demo model (SmolLM2-135M-Instruct, train/demo.yaml) and its fixed
+questions (ollama/questions/demo.yaml: 35 batch-1 "old" facts, 30 batch-2 "new" facts),
+fact accuracy of greedy answers from the merged fp32 model.
+
+Per seed: base (no training); v1 on batch 1; then v2 on batch 2 from that same v1
+(strategy continue) under each method at 20% replay:
+  replay       cross-entropy on new + replayed rows, the demo's 2e-3 for 6 epochs
+  lr 1e-4      the same at the auto increment learning rate (hparams.INCREMENT_LR)
+  3 epochs     the same with half the epochs
+  distill      + KL(v1 || v2) on replayed rows' answer tokens (train.distill_weight)
+  l2           + L2 pull toward v1's adapter weights (train.l2_weight)
+  distill+l2   both
+and then the best of them (highest mean of old and new accuracy over seeds) at 10% and
+30% replay. Seeds change training (LoRA init, row order, dropout); the data split stays
+the demo's (data.seed), the one tests/data/test_demo_data.py checks every fixed fact
+against. Each cell's per-question outcomes are cached in <out>/forgetting-cells/, so a
+killed run resumes where it stopped. Intervals: 95% percentile bootstrap that resamples
+questions (paired across cells) and seeds together.
+
+Writes <out>/forgetting.json, forgetting.png and forgetting.md (the table); --docs also
+copies them into docs/ and replaces the table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,10 +34,33 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_arms import DEMO_BASE, DEMO_BATCHES
+from benchmarks.forgetting_stats import (
+    GOAL_GAIN,
+    GOAL_RETENTION,
+    best_method,
+    chart,
+    summarise,
+    table,
+)
 
-CELLS = [("v2 replay 0%", 0.0, "continue"), ("v2 replay 10%", 0.1, "continue"), ("v2 replay 20%", 0.2, "continue"),
-         ("v2 replay 30%", 0.3, "continue"), ("v2 stack 20%", 0.2, "stack")]
 QUESTIONS = Path("ollama/questions/demo.yaml")
+FIRST_SEED = 20251101
+DISTILL_WEIGHT, L2_WEIGHT = 1.0, 0.1
+METHODS: dict[str, dict] = {
+    "replay": {},
+    "distill": {"train.increment_method": "distill", "train.distill_weight": DISTILL_WEIGHT},
+    "lr 1e-4": {"train.increment_learning_rate": 1e-4},
+    "3 epochs": {"train.increment_epochs": 3},
+    "l2": {"train.increment_method": "l2", "train.l2_weight": L2_WEIGHT},
+    "distill+l2": {"train.increment_method": "distill+l2", "train.distill_weight": DISTILL_WEIGHT,
+                   "train.l2_weight": L2_WEIGHT},
+}
+BASE_REPLAY, OTHER_REPLAYS = 0.2, (0.1, 0.3)
+EVAL = "greedy, 32 new tokens, training dtype"  # part of every cached cell's key
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _use_home(home: Path) -> None:
@@ -29,133 +68,205 @@ def _use_home(home: Path) -> None:
     os.environ["LORASHIP_PROJECT"] = str(home)
 
 
-def _prepare_home(home: Path, seed: int, epochs: int | None) -> None:
+def _prepare_home(home: Path) -> None:
     (home / "train").mkdir(parents=True, exist_ok=True)
     cfg = Path("train/demo.yaml").read_text()
-    extra = "\n# bench-forgetting overrides\n"
-    (home / "train" / "demo.yaml").write_text(cfg.replace("base_model: bases/", f"base_model: {Path.cwd()}/bases/") + extra)
+    (home / "train" / "demo.yaml").write_text(cfg.replace("base_model: bases/", f"base_model: {Path.cwd()}/bases/"))
     _use_home(home)
 
 
-def _overrides(seed: int, epochs: int | None, replay: float | None = None, strategy: str | None = None) -> dict:
-    o: dict = {"data.seed": seed, "train.seed": seed}
-    if epochs:
-        o["train.num_train_epochs"] = epochs
+def _overrides(seed: int, replay: float | None = None, extra: dict | None = None) -> dict:
+    o: dict = {"train.seed": seed, **(extra or {})}
     if replay is not None:
         o["data.replay_ratio"] = replay
-        o["data.allow_replay_ratio_outside_range"] = True
-    if strategy:
-        o["train.strategy"] = strategy
     return o
 
 
-def _accuracy(model_dir: Path | None, version, questions, system: str | None) -> dict:
-    """Greedy answers of base (+ merged adapter chain) to each question; mean fact accuracy per knowledge."""
-    import torch
+class Scorer:
+    """Greedy answers of the base (+ a version's merged adapter chain) to the fixed questions."""
 
-    from loraship.base import model as base_model
-    from loraship.evaluate import scoring
-    from loraship.export.merge import merge_chain
-    from loraship.export.pipeline import _adapters
+    def __init__(self):
+        from loraship import pipeline
+        from loraship.evaluate.compare import load_questions
 
-    tok = base_model.load_tokenizer(DEMO_BASE.resolve())
-    model = base_model.load_model(DEMO_BASE.resolve(), torch.float32)
-    if version is not None:
-        train = version.stage("train")
-        model, _ = merge_chain(model, tok, _adapters(version, train), 1e-3)
-    model.eval()
-    scores: dict[str, list[float]] = {"new": [], "old": []}
-    for q in questions:
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q.question}]
-        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=48, do_sample=False, pad_token_id=tok.pad_token_id)
-        answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-        acc, _ = scoring.accuracy(answer, q.reference, q.facts)
-        scores[q.knowledge].append(acc)
-    return {k: round(sum(v) / len(v), 1) for k, v in scores.items() if v}
+        self.questions = load_questions(QUESTIONS)
+        self.system = pipeline.load_config("demo", Path("train/demo.yaml")).ollama.system
+
+    def outcomes(self, version=None) -> dict[str, float]:
+        import torch
+
+        from loraship.base import model as base_model
+        from loraship.evaluate import scoring
+        from loraship.export.merge import merge_chain
+        from loraship.export.pipeline import _adapters
+        from loraship.train import device
+
+        tok = base_model.load_tokenizer(DEMO_BASE.resolve())
+        tok.padding_side = "left"  # batched generation continues every prompt from its last token
+        model = base_model.load_model(DEMO_BASE.resolve(), torch.float32)
+        if version is not None:  # merged and checked in fp32, then answers in the training dtype
+            model, _ = merge_chain(model, tok, _adapters(version, version.stage("train")), 1e-3)
+        model.to(device.choose("cpu").torch_dtype()).eval()
+        prompts = [tok.apply_chat_template(([{"role": "system", "content": self.system}] if self.system else [])
+                                           + [{"role": "user", "content": q.question}],
+                                           add_generation_prompt=True, tokenize=False) for q in self.questions]
+        out: dict[str, float] = {}
+        step = (len(prompts) + 1) // 2
+        for i in range(0, len(prompts), step):
+            batch = tok(prompts[i:i + step], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = model.generate(**batch, max_new_tokens=32, do_sample=False, pad_token_id=tok.pad_token_id)
+            for q, row in zip(self.questions[i:i + step], gen[:, batch["input_ids"].shape[1]:]):
+                acc, _ = scoring.accuracy(tok.decode(row, skip_special_tokens=True), q.reference, q.facts)
+                out[q.id] = acc
+        return out
+
+    def sides(self) -> dict[str, str]:
+        return {q.id: q.knowledge for q in self.questions}
 
 
-def run_seed(seed: int, work: Path, epochs: int | None, log) -> list[dict]:
+def _cached(path: Path, spec: dict) -> dict | None:
+    if path.exists():
+        rec = json.loads(path.read_text())
+        if rec.get("spec") == spec:
+            return rec
+    return None
+
+
+def _save(path: Path, rec: dict) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    os.replace(tmp, path)
+    return rec
+
+
+def v1_cell(seed: int, work: Path, cells: Path, scorer: Scorer) -> dict:
     from loraship import pipeline
-    from loraship.evaluate.compare import load_questions
     from loraship.store import versions
 
-    questions = load_questions(QUESTIONS)
-    system = pipeline.load_config("demo").ollama.system
-    results = []
     home = work / f"seed{seed}-v1"
-    _prepare_home(home, seed, epochs)
-    t0 = time.time()
-    base_scores = _accuracy(None, None, questions, system)
-    results.append({"cell": "base", "seed": seed, "batch1": base_scores["old"], "batch2": base_scores["new"]})
-    cfg = pipeline.load_config("demo", overrides=_overrides(seed, epochs))
+    spec = {"cell": "v1", "seed": seed, "overrides": _overrides(seed), "eval": EVAL}
+    rec = _cached(cells / str(seed) / "v1.json", spec)
+    if rec and (home / "runs" / "demo").exists():
+        return rec
+    shutil.rmtree(home, ignore_errors=True)
+    _prepare_home(home)
+    cfg = pipeline.load_config("demo", overrides=spec["overrides"])
     pipeline.stage_data("demo", cfg, [DEMO_BATCHES[0].resolve()])
     v1 = pipeline.stage_train("demo", cfg)
-    s = _accuracy(None, v1, questions, system)
-    results.append({"cell": "v1", "seed": seed, "batch1": s["old"], "batch2": s["new"],
-                    "train_s": v1.stage("train")["runtime_s"]})
-    log(f"seed {seed}: base and v1 done ({time.time() - t0:.0f} s)")
-    for name, replay, strategy in CELLS:
-        cell_home = work / f"seed{seed}-{name.replace(' ', '-').replace('%', '')}"
-        shutil.rmtree(cell_home, ignore_errors=True)
-        shutil.copytree(home, cell_home)
-        _use_home(cell_home)
-        cfg = pipeline.load_config("demo", overrides=_overrides(seed, epochs, replay, strategy))
-        pipeline.stage_data("demo", cfg, [DEMO_BATCHES[1].resolve()], warn=lambda s: None)
-        v2 = pipeline.stage_train("demo", cfg)
-        s = _accuracy(None, versions.get("demo", v2.id), questions, system)
-        results.append({"cell": name, "seed": seed, "batch1": s["old"], "batch2": s["new"],
-                        "replayed": v2.stage("data")["counts"]["replayed"], "train_s": v2.stage("train")["runtime_s"]})
-        log(f"seed {seed}: {name}: batch1 {s['old']}, batch2 {s['new']}")
-    return results
+    train = versions.get("demo", v1.id).stage("train")
+    return _save(cells / str(seed) / "v1.json", {"spec": spec, "outcomes": scorer.outcomes(v1),
+                                                 "train_s": train["runtime_s"], "epochs_run": train["epochs_run"]})
 
 
-def chart(results: list[dict], out: Path) -> None:
-    import matplotlib
+def _drift(v1: Path, v2: Path) -> float:
+    """L2 distance between v2's and v1's adapter weights (how far the increment moved)."""
+    from safetensors.torch import load_file
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    a, b = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (v1, v2))
+    return round(sum(float((b[k].float() - a[k].float()).pow(2).sum()) for k in a) ** 0.5, 4)
 
-    cells = list(dict.fromkeys(r["cell"] for r in results))
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
-    for j, (key, label, color) in enumerate((("batch1", "batch 1 (old) questions", "#4e79a7"),
-                                             ("batch2", "batch 2 (new) questions", "#f28e2b"))):
-        vals = [[r[key] for r in results if r["cell"] == c] for c in cells]
-        means = [sum(v) / len(v) for v in vals]
-        lo = [m - min(v) for m, v in zip(means, vals)]
-        hi = [max(v) - m for m, v in zip(means, vals)]
-        xs = [i + (j - 0.5) * 0.38 for i in range(len(cells))]
-        ax.bar(xs, means, 0.38, yerr=[lo, hi], capsize=3, label=label, color=color)
-    ax.set_xticks(range(len(cells)), cells, rotation=20)
-    ax.set_ylabel("fact accuracy (points)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Forgetting on SmolLM2-135M ({len({r['seed'] for r in results})} seed(s); bars: mean, whiskers: min-max)")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+
+def v2_cell(seed: int, name: str, replay: float, extra: dict, work: Path, cells: Path, scorer: Scorer) -> dict:
+    from loraship import pipeline
+    from loraship.store import versions
+
+    spec = {"cell": name, "seed": seed, "overrides": _overrides(seed, replay, extra), "eval": EVAL}
+    path = cells / str(seed) / f"{name.replace(' ', '_').replace('%', 'pct')}.json"
+    if rec := _cached(path, spec):
+        return rec
+    home = work / f"seed{seed}-{path.stem}"
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(work / f"seed{seed}-v1", home)
+    _use_home(home)
+    cfg = pipeline.load_config("demo", overrides=spec["overrides"])
+    pipeline.stage_data("demo", cfg, [DEMO_BATCHES[1].resolve()], warn=lambda s: None)
+    v2 = versions.get("demo", pipeline.stage_train("demo", cfg).id)
+    train = v2.stage("train")
+    rec = {"spec": spec, "outcomes": scorer.outcomes(v2), "train_s": train["runtime_s"],
+           "drift_from_v1": _drift(versions.get("demo", "v1").path, v2.path),
+           "epochs_run": train["epochs_run"], "replayed": v2.stage("data")["counts"]["replayed"],
+           "increment": train.get("increment"), "learning_rate": train["hyperparameters"]["learning_rate"]}
+    shutil.rmtree(home, ignore_errors=True)  # the numbers are what this keeps; adapters would fill the disk
+    return _save(path, rec)
+
+
+def _record(rec: dict, seed: int) -> dict:
+    """A cached cell as the statistics read it: cell, seed, replay ratio, outcomes, timings."""
+    spec = rec["spec"]
+    return {"cell": spec["cell"], "seed": seed, "replay": spec.get("overrides", {}).get("data.replay_ratio"),
+            **{k: v for k, v in rec.items() if k != "spec"}}
+
+
+def run(seeds: list[int], methods: list[str], replays: bool, work: Path, cells: Path, best: str | None) -> list[dict]:
+    scorer = Scorer()
+    base_path = cells / "base.json"
+    spec = {"cell": "base", "eval": EVAL}
+    base = _cached(base_path, spec) or _save(base_path, {"spec": spec, "outcomes": scorer.outcomes()})
+    records = [_record(base, s) for s in seeds]  # the base is deterministic: one evaluation serves every seed
+    for seed in seeds:
+        t0 = time.time()
+        records.append(_record(v1_cell(seed, work, cells, scorer), seed))
+        _say(f"seed {seed}: v1 ({time.time() - t0:.0f} s)")
+        for name in methods:
+            t0 = time.time()
+            records.append(_record(v2_cell(seed, name, BASE_REPLAY, METHODS[name], work, cells, scorer), seed))
+            _say(f"seed {seed}: {name} ({time.time() - t0:.0f} s)")
+    if replays:
+        best = best or best_method(records, scorer.sides(), methods)
+        _say(f"best method at 20% replay: {best}")
+        for seed in seeds:
+            for ratio in OTHER_REPLAYS:
+                t0 = time.time()
+                records.append(_record(v2_cell(seed, f"{best} {ratio:.0%}", ratio, METHODS[best], work, cells,
+                                               scorer), seed))
+                _say(f"seed {seed}: {best} at {ratio:.0%} replay ({time.time() - t0:.0f} s)")
+    return records
+
+
+def _write_docs(out: Path, md: str) -> None:
+    doc = Path("docs/benchmarks.md")
+    text = doc.read_text(encoding="utf-8")
+    start, end = "<!-- forgetting-table -->", "<!-- /forgetting-table -->"
+    if start not in text or end not in text:
+        sys.exit(f"{doc} has no {start} ... {end} markers around the forgetting table")
+    head, rest = text.split(start, 1)
+    doc.write_text(head + start + "\n" + md + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
+    for name in ("forgetting.json", "forgetting.png"):
+        shutil.copyfile(out / name, Path("docs") / name)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=1, help="seeds per cell")
-    ap.add_argument("--epochs", type=int, default=None, help="override training epochs (default: the demo config's)")
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds per cell (default 3)")
+    ap.add_argument("--quick", action="store_true", help="one seed, the 20%% replay cells only (a smoke run)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
+    ap.add_argument("--best", choices=list(METHODS), help="the method for the 10/30%% cells (default: measured)")
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
+    ap.add_argument("--docs", action="store_true", help="copy JSON + chart into docs/ and update docs/benchmarks.md")
     args = ap.parse_args()
     if not (DEMO_BASE / "config.json").exists():
         sys.exit("the demo base is not built: run `make demo` first (it builds bases/smollm2-135m-instruct)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if unknown := [m for m in methods if m not in METHODS]:
+        sys.exit(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    seeds = list(range(FIRST_SEED, FIRST_SEED + (1 if args.quick else args.seeds)))
     work = (args.out / "forgetting-work").resolve()
-    results = []
-    for seed in range(20251101, 20251101 + args.runs):
-        results += run_seed(seed, work, args.epochs, lambda s: print(s, file=sys.stderr, flush=True))
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "forgetting.json").write_text(json.dumps({"runs": args.runs, "epochs": args.epochs,
-                                                              "results": results}, indent=2))
-    chart(results, args.out / "forgetting.png")
-    for r in results:
-        print(f"{r['cell']:<16} seed {r['seed']}  batch1 {r['batch1']:>5}  batch2 {r['batch2']:>5}")
+    cells = (args.out / "forgetting-cells").resolve()
+    records = run(seeds, methods, not args.quick, work, cells, args.best)
+    summary = summarise(records, Scorer().sides())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "forgetting.json").write_text(json.dumps(
+        {"seeds": seeds, "methods": {m: METHODS[m] for m in methods}, "replay": BASE_REPLAY,
+         "goal": {"retention": GOAL_RETENTION, "new_gain_over_base": GOAL_GAIN}, "summary": summary,
+         "cells": records}, indent=1))
+    chart(summary, args.out / "forgetting.png", len(seeds))
+    md = table(summary, len(seeds))
+    (args.out / "forgetting.md").write_text(md + "\n")
+    print(md)
+    if args.docs:
+        _write_docs(args.out, md)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,6 @@ _compose = LORASHIP_UID=$(shell id -u) LORASHIP_GID=$(shell id -g) LORASHIP_IMAG
 
 _build_args = --build-arg GIT_REVISION=$(GIT_REVISION) \
 	$(if $(TORCH_VERSION),--build-arg TORCH_VERSION=$(TORCH_VERSION)) \
-	$(if $(EXTRAS),--build-arg EXTRAS=$(EXTRAS)) \
 	$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	$(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL))
 

@@ -12,6 +12,7 @@ import pytest
 
 from helpers import PREPARED, Project, Server, build_exported
 from loraship.serve import ollama_client
+from registry_fixture import registry  # noqa: F401  (fixture: a real OCI registry on loopback)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from loraship.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["data", "train", "export", "verify", "register", "compare", "promote", "rollback", "versions", "show",
-            "doctor", "base"]
+            "doctor", "base", "review", "publish"]
 
 
 def invoke(*args):

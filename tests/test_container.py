@@ -60,27 +60,47 @@ def _docker_run_line(output: str) -> str:
 
 # ---------------------------------------------------------------- install drift
 
-def test_image_installs_the_same_extras_and_torch_as_the_makefile():
+def test_image_installs_the_same_torch_lock_and_llama_build_as_the_makefile():
     args = _dockerfile_args()
     assert args.get("TORCH_VERSION") == _makefile_var("TORCH_VERSION")
-    torch_lines = [ln for ln in _dockerfile_lines() if "pip install" in ln and "torch==" in ln]
+    lines = _dockerfile_lines()
+    torch_lines = [ln for ln in lines if "pip install" in ln and "torch==" in ln]
     assert torch_lines and all('"torch==${TORCH_VERSION}"' in ln for ln in torch_lines)
 
-    installs = [ln for ln in _dockerfile_lines() if re.search(r"pip install .*\.\[", ln)]
-    assert installs, "the Dockerfile installs the project with no extras"
-    extras_sets = set()
-    for ln in installs:
-        spec = re.search(r"\.\[([^\]]+)\]", ln).group(1).replace("${EXTRAS}", args.get("EXTRAS", ""))
-        extras_sets.add(frozenset(spec.split(",")))
-    make_extras = frozenset(_makefile_var("EXTRAS").split(","))
-    assert extras_sets == {make_extras}, (
-        f"Dockerfile installs extras {[sorted(e) for e in extras_sets]}, Makefile EXTRAS is {sorted(make_extras)}")
+    makefile = MAKEFILE.read_text()
+    lock = re.search(r"^LOCK := (\S+)$", makefile, re.M).group(1)
+    assert (ROOT / lock).is_file()
+    # The same lock, the same way: exact versions and hashes, no resolver.
+    assert any(f"pip install --require-hashes --no-deps -r {lock}" in ln for ln in lines)
+    assert "--require-hashes --no-deps -r $(2)" in makefile and "$(call install_venv,$(VENV),$(LOCK))" in makefile
+    # The same llama.cpp build script, from the same lock; never a flag of the image's own.
+    assert any("python build/llamacpp_wheel.py --lock " + lock in ln for ln in lines)
+    assert "build/llamacpp_wheel.py --lock $(2)" in makefile
+    assert not any("CMAKE_ARGS" in ln or "GGML_NATIVE" in ln for ln in lines)
+    # The project itself adds no package the lock did not pin.
+    assert any(re.search(r"pip install --no-deps \.( |$)", ln) for ln in lines)
 
-    # tomllib would need Python 3.11; the section's keys are all this needs.
+
+def test_the_lock_pins_every_package_with_hashes_and_leaves_torch_to_the_pin():
+    for name in ("requirements.lock", "requirements-floor.lock"):
+        text = (ROOT / "build" / name).read_text()
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.M)
+        assert len(pins) > 30, name
+        blocks = re.split(r"^(?=[A-Za-z0-9_.-]+==)", text, flags=re.M)[1:]
+        assert all("--hash=sha256:" in b for b in blocks), f"{name} has a pin without a hash"
+        names = {p[0].lower() for p in pins}
+        assert "torch" not in names and {"transformers", "peft", "accelerate", "llama-cpp-python"} <= names
+
+
+def test_the_floor_lock_holds_the_declared_lower_bounds():
+    """pyproject's lower bounds are exactly the versions `make test-floor` runs."""
     pyproject = (ROOT / "pyproject.toml").read_text()
-    section = pyproject.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
-    declared = set(re.findall(r"^([A-Za-z0-9_-]+)\s*=", section, re.M))
-    assert make_extras <= set(declared), f"extras {sorted(make_extras - set(declared))} are not in pyproject.toml"
+    floor = (ROOT / "build" / "requirements-floor.lock").read_text()
+    for pkg in ("transformers", "peft", "accelerate"):
+        bound = re.search(rf'"{pkg}>=([0-9.]+)"', pyproject).group(1)
+        pinned = re.search(rf"^{pkg}==(\S+) ", floor, re.M).group(1)
+        assert tuple(map(int, pinned.split("."))) == tuple(map(int, (bound + ".0.0").split(".")[:3])), pkg
+        assert f"{pkg}=={pinned}" in MAKEFILE.read_text()
 
 
 def test_image_and_makefile_provision_the_converter_with_the_same_script():

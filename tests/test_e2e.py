@@ -32,11 +32,12 @@ def questions(project):
 
 
 def test_pipeline_end_to_end(isolated_home, tiny_config, ollama_host, monkeypatch):
-    import llama_cpp
     import ollama
 
-    from loraship.export import gguf_tools
+    from loraship.export import gguf_tools, llama_runtime
     from loraship.store import versions
+
+    llama_cpp = llama_runtime.llama_cpp()
 
     monkeypatch.setenv("OLLAMA_HOST", ollama_host)
     # A random tiny model cannot learn facts; open thresholds let the gate pass so the

@@ -23,6 +23,9 @@ import pytest
 
 from loraship.serve import modelfile
 from ollama_double import OllamaDouble
+from ollama_double.registry_http import ModelPath
+from ollama_double.transfer import MB, plan_parts
+from registry_fixture import MANIFEST_V2, _free_port, start_registry
 
 TEMPLATE = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
             "{{ end }}<|im_start|>assistant\n")
@@ -315,17 +318,32 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.mark.slow
-@pytest.mark.slow
-def test_chat_really_answers_and_reports_counts(served):
+def test_chat_really_answers_and_reports_counts(served, smollm2_gguf):
+    """The answer is llama.cpp's own greedy answer to the prompt the template renders.
+
+    (Not a fixed string: a 135M model's greedy answer flips between CPU kernels — seen here:
+    "Paris" from one llama.cpp CPU variant, "L'Étoile..." from another — so the test compares
+    with llama.cpp on the same machine.)
+    """
+    from loraship.export import llama_runtime
+
     _, c = served
     r = c.chat(model="smol:v1", messages=QUESTION, options={"num_predict": 48})
-    assert "Paris" in r.message.content
+    prompt = ("<|im_start|>system\nYou are a geography teacher.<|im_end|>\n"
+              "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+    llm = llama_runtime.llama_cpp().Llama(model_path=str(smollm2_gguf), n_ctx=2048, verbose=False)
+    try:
+        # Ollama's sampling defaults beside the Modelfile's temperature 0 (repeat_penalty 1.1 still applies).
+        direct = llm.create_completion(prompt, max_tokens=48, temperature=0.0, top_k=40, top_p=0.9, min_p=0.0,
+                                       repeat_penalty=1.1, stop=["<|im_end|>", "<|im_start|>"])
+    finally:
+        llm.close()
+    assert r.message.content == direct["choices"][0]["text"] and len(r.message.content.split()) >= 3
     assert r.done and r.done_reason in ("stop", "length")
     assert r.prompt_eval_count > 10 and 0 < r.eval_count <= 48 and r.total_duration > 0
     assert "<|im_end|>" not in r.message.content
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_streamed_chat_is_ndjson_and_matches_the_single_answer(served):
     d, c = served
@@ -341,14 +359,12 @@ def test_streamed_chat_is_ndjson_and_matches_the_single_answer(served):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_stop_parameter_cuts_the_answer(served):
     _, c = served
     r = c.chat(model="smol:v1", messages=QUESTION, options={"num_predict": 48, "stop": ["."]})
     assert "." not in r.message.content and r.done_reason == "stop"
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_generate_uses_the_template_unless_raw(served):
     _, c = served
@@ -359,3 +375,126 @@ def test_generate_uses_the_template_unless_raw(served):
     assert templated.prompt_eval_count > rawgen.prompt_eval_count + 10
     assert templated.context[:templated.prompt_eval_count] != rawgen.context[:rawgen.prompt_eval_count]
     assert rawgen.done and rawgen.done_reason in ("stop", "length")
+
+
+# ------------------------------------------------------------------ push and pull (a real registry)
+
+def test_blobs_are_cut_into_parts_as_ollama_cuts_them():
+    assert plan_parts(0) == [] and plan_parts(5) == [(0, 5)]
+    assert plan_parts(250 * MB) == [(0, 100 * MB), (100 * MB, 100 * MB), (200 * MB, 50 * MB)]
+    assert plan_parts(3200 * MB) == [(i * 200 * MB, 200 * MB) for i in range(16)]  # total/16
+    assert len(plan_parts(64000 * MB)) == 64  # at most 1000 MB a part
+
+
+@pytest.mark.parametrize("name, parts", [
+    ("127.0.0.1:5000/team/bot:v1", ("https", "127.0.0.1:5000", "team/bot", "v1")),
+    ("http://gpu-box/team/bot", ("http", "gpu-box", "team/bot", "latest")),
+    ("team/bot:v2", ("https", "registry.ollama.ai", "team/bot", "v2")),
+    ("/root/.ollama/models/blobs/sha256-ab", ("https", "/root/.ollama/models", "blobs/sha256-ab", "latest")),
+])
+def test_model_paths_parse_as_parse_model_path_does(name, parts):
+    mp = ModelPath.parse(name)
+    assert (mp.scheme, mp.registry, mp.namespace_repository(), mp.tag) == parts
+
+
+@pytest.fixture
+def pushed(double, client, gguf, registry):
+    """bot:v1 on this double, pushed to the registry as <registry>/team/bot:v1."""
+    create(client, gguf, name="bot:v1")
+    name = f"{registry.host}/team/bot:v1"
+    client.copy("bot:v1", name)
+    return name, [p.status for p in client.push(name, insecure=True, stream=True)]
+
+
+def test_push_uploads_every_blob_then_the_manifest(double, registry, pushed):
+    name, statuses = pushed
+    own = double.store.find(name).read_bytes()
+    origin = json.loads(own)
+    blobs = [*origin["layers"], origin["config"]]
+    assert statuses[0] == "retrieving manifest" and statuses[-2:] == ["pushing manifest", "success"]
+    assert set(statuses[1:-2]) == {f"pushing {x['digest'][7:19]}" for x in blobs}
+    status, headers, body = registry.get("/v2/team/bot/manifests/v1")
+    assert (status, headers["Content-Type"]) == (200, MANIFEST_V2)
+    assert body + b"\n" == own  # json.Marshal pushed; the server's own file is Encode's, with a newline
+    model = json.loads(body)["layers"][0]
+    assert model["from"] == str(double.store.blob(model["digest"]))  # the origin's path, for all to read
+    for x in blobs:
+        hexd = x["digest"][7:]
+        stored = registry.root / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+        assert stored.read_bytes() == double.store.blob(x["digest"]).read_bytes()
+
+
+def test_pull_fetches_the_layers_and_writes_the_manifest_it_read(double, registry, pushed, tmp_path):
+    name, _ = pushed
+    with OllamaDouble(tmp_path / "laptop") as laptop:
+        lc = ollama.Client(host=laptop.url)
+        statuses = [p.status for p in lc.pull(name, insecure=True, stream=True)]
+        assert statuses[0] == "pulling manifest"
+        assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+        here = laptop.store.find(name).read_bytes()
+        assert here == registry.get("/v2/team/bot/manifests/v1")[2]
+        assert json.loads(here) == json.loads(double.store.find(name).read_bytes())  # same layers
+        (listed,) = lc.list().models
+        assert listed.model == name and listed.digest == hashlib.sha256(here).hexdigest()
+        assert listed.digest != hashlib.sha256(double.store.find(name).read_bytes()).hexdigest()
+        assert lc.show(name).template == TEMPLATE
+        again = [p for p in lc.pull(name, insecure=True, stream=True) if p.digest]
+        assert again and all(p.completed == p.total for p in again)  # every blob a cache hit
+        assert not list(laptop.store.root.glob("blobs/*partial*"))
+
+
+def test_pull_needs_blob_downloads_redirected_to_another_host(double, client, gguf, tmp_path):
+    """Ollama follows blob redirects only to the same host name; a registry that serves blobs
+    itself answers 200 with no Location, and the pull fails (ollama#7244)."""
+    digest, _ = create(client, gguf, name="bot:v1")
+    with start_registry(tmp_path / "plain", redirect=False) as plain, OllamaDouble(tmp_path / "b") as laptop:
+        name = f"{plain.host}/team/bot:v1"
+        client.copy("bot:v1", name)
+        assert client.push(name, insecure=True).status == "success"  # pushing needs no redirect
+        with pytest.raises(ollama.ResponseError) as e:
+            ollama.Client(host=laptop.url).pull(name, insecure=True)
+        assert (e.value.status_code, e.value.error) == (500, "http: no Location header in response")
+        assert laptop.store.manifests() == [] and not laptop.store.blob(digest).exists()
+
+
+def test_a_blob_corrupted_in_the_registry_fails_the_pull_and_is_not_kept(registry, pushed, double, tmp_path):
+    name, _ = pushed
+    model = json.loads(double.store.find(name).read_bytes())["layers"][0]["digest"]
+    data = registry.root / "docker/registry/v2/blobs/sha256" / model[7:9] / model[7:] / "data"
+    data.write_bytes(data.read_bytes()[::-1])  # same size, other bytes
+    got = "sha256:" + hashlib.sha256(data.read_bytes()).hexdigest()
+    with OllamaDouble(tmp_path / "laptop") as laptop:
+        with pytest.raises(ollama.ResponseError) as e:
+            ollama.Client(host=laptop.url).pull(name, insecure=True)
+        assert e.value.error == f"digest mismatch, file must be downloaded again: want {model}, got {got}"
+        assert not laptop.store.blob(model).exists() and laptop.store.manifests() == []
+
+
+def test_registry_failures_read_as_ollama_words_them(double, client, gguf, registry):
+    create(client, gguf, name="bot:v1")
+    name = f"{registry.host}/team/bot:v1"
+    client.copy("bot:v1", name)
+    with pytest.raises(ollama.ResponseError) as e:
+        client.push(name)  # no insecure: https to a plain-HTTP registry
+    assert e.value.status_code == 500
+    assert e.value.error.startswith(f'Head "https://{registry.host}/v2/team/bot/blobs/sha256:')
+    assert e.value.error.endswith('": http: server gave HTTP response to HTTPS client')
+
+    down = f"127.0.0.1:{_free_port()}"
+    client.copy("bot:v1", f"{down}/team/bot:v1")
+    with pytest.raises(ollama.ResponseError) as e:
+        client.push(f"{down}/team/bot:v1", insecure=True)
+    assert e.value.error.endswith(f"dial tcp {down}: connect: connection refused")
+
+    missing = f"{registry.host}/team/missing:v1"
+    status, _, body = raw(double, "POST", "/api/push", {"model": missing, "insecure": True})
+    assert [json.loads(x) for x in body.splitlines()] == [
+        {"status": "retrieving manifest"}, {"status": "couldn't retrieve manifest"},
+        {"error": f"open {double.store.manifest_path(missing)}: no such file or directory"}]
+    assert raw(double, "POST", "/api/push", {"insecure": True})[:3:2] == (400, b'{"error":"model is required"}')
+    with pytest.raises(ollama.ResponseError) as e:
+        client.pull(f"{registry.host}/team/nothing:v1", insecure=True)
+    assert (e.value.status_code, e.value.error) == (500, "pull model manifest: file does not exist")
+    with pytest.raises(ollama.ResponseError) as e:
+        client.pull("bad name", insecure=True)
+    assert (e.value.status_code, e.value.error) == (400, "invalid model name")

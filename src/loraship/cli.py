@@ -14,9 +14,13 @@ from loraship.config import parse_set_options
 from loraship.errors import GateFailed, LorashipError
 from loraship.serve.ollama_client import short
 
+EXIT_INCONCLUSIVE = 3  # `compare`: the gate could not decide (0 pass, 1 fail, 2 error: click and LorashipError)
+
 
 def _log(msg: str) -> None:
-    click.echo(msg, err=True)
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)  # above any progress bar, never through it
 
 
 def _progress_bar(desc: str, unit: str = "it"):
@@ -31,6 +35,23 @@ def _progress_bar(desc: str, unit: str = "it"):
         bar["b"].n = done
         bar["b"].refresh()
         if done >= total:
+            bar["b"].close()
+
+    return update
+
+
+def _train_bar():
+    """The training bar: steps with the ETA, loss and tokens/s as its postfix."""
+    from tqdm import tqdm
+
+    bar = {"b": None}
+
+    def update(step: int, total: int, postfix: dict) -> None:
+        if bar["b"] is None:
+            bar["b"] = tqdm(total=total, desc="training", unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
+        bar["b"].n = step
+        bar["b"].set_postfix(postfix, refresh=True)
+        if step >= total:
             bar["b"].close()
 
     return update
@@ -90,6 +111,7 @@ def cli() -> None:
       loraship compare  mining:v1 mining:v2     same questions to every tag, gate
       loraship promote  mining:v2               move mining:latest behind the gate
       loraship rollback -m mining               move it back
+      loraship publish  -m mining v2            push to a registry: `ollama pull` anywhere
 
     Versions live in runs/<model>/vN_YYYYMMDD_HHMMSS/ (LORASHIP_HOME overrides runs/).
     """
@@ -97,7 +119,10 @@ def cli() -> None:
 
 @cli.command("data", short_help="Validate, dedupe, replay and split JSONL into the next version.")
 @model_options
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--feedback", "feedback_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="feedback.jsonl from `loraship review` (repeatable): corrected thumbs-down answers become training "
+                   "rows, thumbs-up answers replay-eligible rows, with provenance.")
 @click.option("--replay-ratio", type=float, help="Fraction of the final training set replayed from earlier versions (default 0.2).")
 @click.option("--allow-replay-ratio", is_flag=True, help="Accept a replay ratio outside 0.10-0.30 (with a warning).")
 @click.option("--seed", type=int, help="Split and replay seed (default 20251101).")
@@ -105,7 +130,8 @@ def cli() -> None:
               help="Refuse a file with any invalid row, or drop invalid rows and report them.")
 @click.option("--from", "from_ref", metavar="vK", help="Build on version vK instead of the newest (e.g. after a rollback).")
 @click.option("--fresh", is_flag=True, help="No parent: start from the base model, no replay.")
-def data_cmd(model, config_path, sets, files, replay_ratio, allow_replay_ratio, seed, strict, from_ref, fresh):
+def data_cmd(model, config_path, sets, files, feedback_files, replay_ratio, allow_replay_ratio, seed, strict,
+             from_ref, fresh):
     """Validate JSONL, drop duplicates, mix in replay rows and split: creates the next version.
 
     \b
@@ -113,13 +139,17 @@ def data_cmd(model, config_path, sets, files, replay_ratio, allow_replay_ratio, 
       loraship data -m mining train/data/batch1.jsonl
       loraship data -m mining batch2.jsonl --replay-ratio 0.3
       loraship data -m mining batch3.jsonl --skip-invalid --from v1
+      loraship data -m mining --feedback runs/mining/v2_*/compare/feedback.jsonl
+      loraship data -m mining batch4.jsonl --feedback feedback.jsonl
     """
     from loraship.data import prepare as data
 
+    if not files and not feedback_files:
+        raise click.UsageError("give JSONL files, --feedback FILE, or both")
     cfg = _cfg(model, config_path, sets, {"data.replay_ratio": replay_ratio, "data.seed": seed,
                                           "data.allow_replay_ratio_outside_range": True if allow_replay_ratio else None})
     version = pipeline.stage_data(model, cfg, list(files), from_ref=from_ref, fresh=fresh, strict=strict,
-                                  warn=lambda s: _log(f"warning: {s}"))
+                                  warn=lambda s: _log(f"warning: {s}"), feedback=list(feedback_files))
     click.echo(f"{model} {version.id}: data ready in {version.path}")
     for line in data.summary_lines(version.stage("data")):
         click.echo(f"  {line}")
@@ -159,7 +189,7 @@ def train_cmd(model, config_path, sets, version, data_files, strategy, from_ref,
     elif from_ref or fresh:
         raise click.UsageError("--from/--fresh choose the parent when data is prepared: use them with --data "
                                "or with `loraship data`")
-    v = pipeline.stage_train(model, cfg, version, resume=resume, log=_log)
+    v = pipeline.stage_train(model, cfg, version, resume=resume, log=_log, progress=_train_bar())
     rec = v.stage("train")
     if rec:
         click.echo(f"{model} {v.id}: adapter trained ({rec['strategy']}, {rec['global_steps']} steps, "
@@ -244,28 +274,79 @@ def register_cmd(model, config_path, sets, version, force, template_file, stops)
               help="Question set YAML (default: ollama/questions/<compare.questions>.yaml).")
 @click.option("--backend", type=click.Choice(["ollama", "llama.cpp"]), default="ollama", show_default=True,
               help="Ask the Ollama server, or read the GGUF files directly (machines without Ollama).")
-def compare_cmd(tags, config_path, sets, questions_file, backend):
+@click.option("--retrieval", is_flag=True,
+              help="Also answer with retrieved training passages: rows base+retrieval (the baseline), "
+                   "vN+retrieval (config compare.retrieval).")
+def compare_cmd(tags, config_path, sets, questions_file, backend, retrieval):
     """Ask every tag the same questions, score them, write reports, and judge the newest against its parent.
 
-    Exit code 0 when the gate passes, 1 when it fails (for CI pipelines).
+    \b
+    Exit codes (for CI pipelines):
+      0  PASS: every check clears its threshold at gate.confidence (default 95%)
+      1  FAIL: the evidence clears the opposite (e.g. even the gain's upper bound is too low)
+      3  INCONCLUSIVE: too few questions to decide either way; the output says about how many would
+      2  an error (bad arguments, config, server), nothing judged
+
+    With --retrieval every tag also answers with the top-k passages (BM25 over its lineage's
+    train split) placed before the question, and so does the base model: is the fine-tune
+    better than retrieving its own data? --set gate.preset=beat-retrieval requires +5 points
+    over base+retrieval and 35% grounding.
 
     \b
     Examples:
       loraship compare mining:v1 mining:v2
       loraship compare mining:v1 mining:v2 --backend llama.cpp --questions my-set.yaml
+      loraship compare mining:v1 mining:v2 --retrieval --set gate.preset=beat-retrieval
+      loraship compare mining:v2 --retrieval --set compare.retrieval_embed_model=nomic-embed-text
     """
     model, _ = pipeline.parse_tag(tags[0])
     cfg = _cfg(model, config_path, sets)
     newest, result, out = pipeline.stage_compare(list(tags), cfg, backend_name=backend, questions_file=questions_file,
-                                                 progress=_progress_bar("answers"))
-    gate = result["gate"]
-    for tag, agg in result["aggregates"].items():
-        click.echo(f"{tag}: " + "  ".join(f"{k} {agg[k]:.1f}" for k in ("accuracy_new", "accuracy_old", "detail", "relevance")
-                                          if agg.get(k) is not None))
-    click.echo(f"gate for {gate['candidate']}: {'PASS' if gate['passed'] else 'FAIL'} - {gate['reason']}")
+                                                 progress=_progress_bar("answers"), retrieval=retrieval, log=_log)
+    from loraship.evaluate.report_gate import summary_lines, verdict
+
+    for warning in result.get("warnings") or []:
+        _log(f"warning: {warning}")
+    for line in summary_lines(result):
+        click.echo(line)
     click.echo(f"report: {out['html']}")
+    gate = result["gate"]
+    if verdict(gate) == "INCONCLUSIVE":
+        raise click.exceptions.Exit(EXIT_INCONCLUSIVE)
     if not gate["passed"]:
         raise GateFailed(f"{gate['candidate']} did not pass the gate")
+
+
+@cli.command("review", short_help="Rate a compare report's answers in a browser page.")
+@click.argument("report", type=click.Path(exists=True, path_type=Path))
+@click.option("--host", help="Address to listen on (default 127.0.0.1). Any other address lets everyone who "
+                             "reaches it write feedback: give it only on a trusted network.")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on (0: any free port).")
+def review_cmd(report, host, port):
+    """Serve a page listing a compare report's questions with every tag's answer: thumbs up,
+    thumbs down and a corrected answer. Ratings are saved to feedback.jsonl beside the report
+    (version, tag, question id, rating, correction, reviewer, time); `loraship data --feedback`
+    turns them into the next version's data. Ctrl-C stops the server.
+
+    \b
+    Examples:
+      loraship review runs/mining/v2_20250101_120000/compare/report.json
+      loraship review runs/mining/v2_20250101_120000/compare --port 0
+      loraship review report.json --host 0.0.0.0     # reachable from the network: trusted ones only
+    """
+    from loraship.review.server import serve
+
+    server = serve(report, host, port, log=_log)
+    if host is not None and host not in ("127.0.0.1", "localhost", "::1"):
+        _log(f"warning: listening on {host}: anyone who reaches {server.url} can write feedback")
+    click.echo(f"review page: {server.url}  (Ctrl-C stops)")
+    click.echo(f"feedback is saved to {server.review.feedback_path}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("review server stopped")
+    finally:
+        server.httpd.server_close()
 
 
 @cli.command("promote", short_help="Move <model>:latest (or --alias) to a version behind its gate.")
@@ -286,9 +367,17 @@ def promote_cmd(tag, alias, force, reason, config_path, sets):
     """
     model, vid = pipeline.parse_tag(tag)
     cfg = _cfg(model, config_path, sets)
-    e = pipeline.stage_promote(model, cfg, vid, alias, force=force, reason=reason)
+    e = pipeline.stage_promote(model, cfg, vid, alias, force=force, reason=reason, log=_log,
+                               progress=_progress_bar("push", "B"))
     was = short(e["from_digest"]) if e["from_digest"] else "unset"
     click.echo(f"{e['tag']} -> {model}:{e['version']} ({short(e['to_digest'])}); was {was}")
+    _echo_republished(e)
+
+
+def _echo_republished(e: dict) -> None:
+    if e.get("published"):
+        p = e["published"]
+        click.echo(f"re-pushed {p['name']} (model layer {short(p['model_layer'])}, verified in the registry)")
 
 
 @cli.command("rollback", short_help="Move an alias back to the previously promoted version.")
@@ -304,8 +393,59 @@ def rollback_cmd(model, config_path, sets, alias, to):
       loraship rollback -m mining --alias prod --to v1
     """
     cfg = _cfg(model, config_path, sets)
-    e = pipeline.stage_rollback(model, cfg, alias, to)
+    e = pipeline.stage_rollback(model, cfg, alias, to, log=_log, progress=_progress_bar("push", "B"))
     click.echo(f"{e['tag']} -> {model}:{e['version']} ({short(e['to_digest'])}); the next version will train on {e['version']}")
+    _echo_republished(e)
+
+
+@cli.command("publish", short_help="Push a registered version to a registry, for `ollama pull` anywhere.")
+@click.argument("target", required=False, metavar="[vN | MODEL:vN | HOST[:PORT]/NAMESPACE/MODEL:vN]")
+@click.option("--model", "-m", envvar="LORASHIP_MODEL", help="Model name (not needed when TARGET names it).")
+@click.option("--registry", metavar="HOST[:PORT]", help="The registry (default: publish.registry in the config).")
+@click.option("--namespace", help="Repository namespace, e.g. team (default: publish.namespace, else library).")
+@click.option("--insecure/--secure", default=None,
+              help="Plain HTTP, for a registry on a trusted network (default: publish.insecure).")
+@click.option("--alias", help="Also push <model>:<alias>, e.g. latest; the alias must point at this version.")
+@click.option("--force", is_flag=True, help="Publish without a passed gate (needs --reason; recorded in the audit log).")
+@click.option("--reason", help="Why an override is justified (with --force).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+def publish_cmd(target, model, registry, namespace, insecure, alias, force, reason, config_path, sets):
+    """Push a registered version to an OCI registry through the Ollama server, check in the
+    registry that its model layer is the version's GGUF, and record it (manifest, audit log).
+
+    The version must have passed its gate, as for promote (--force --reason overrides, audited).
+    Without a version, the newest one. The registry is publish.registry from train/<model>.yaml,
+    --registry, or the host in TARGET.
+
+    \b
+    Examples:
+      loraship publish -m mining v2                    # to publish.registry from the config
+      loraship publish -m mining v2 --alias latest     # and <registry>/<namespace>/mining:latest
+      loraship publish 127.0.0.1:5000/team/mining:v2 --insecure
+      loraship publish -m mining v3 --force --reason "customer demo; gate rerun pending"
+    Then, on any machine that reaches the registry:
+      ollama pull 127.0.0.1:5000/team/mining:v2 --insecure
+    """
+    from loraship.serve.names import parse_publish_target
+
+    name, vid = parse_publish_target(target) if target else (None, None)
+    if name is not None and model and name.model != model:
+        raise click.UsageError(f"TARGET names model {name.model!r} but --model is {model!r}")
+    if name is not None and name.host and (registry or namespace):
+        raise click.UsageError("TARGET names the registry and namespace already: drop --registry/--namespace")
+    model = name.model if name is not None else model
+    if not model:
+        raise click.UsageError("name the model: -m MODEL, or TARGET as MODEL:vN")
+    cfg = _cfg(model, config_path, sets, {"publish.registry": registry, "publish.namespace": namespace,
+                                          "publish.insecure": insecure})
+    _, rec = pipeline.stage_publish(model, cfg, vid, alias=alias, force=force, reason=reason,
+                                    to=name if name is not None and name.host else None, log=_log,
+                                    progress=_progress_bar("push", "B"))
+    for p in rec["pushes"]:
+        click.echo(f"published {p['name']}: model layer {short(p['model_layer'])} verified in the registry "
+                   f"(push {p['push_s']:.1f} s, check {p['verify_s']:.1f} s)")
+    click.echo(f"pull it anywhere: ollama pull {rec['name']}{' --insecure' if rec['insecure'] else ''}")
 
 
 @cli.command("versions", short_help="Table of versions: parent, date, dataset, gate, tags.")

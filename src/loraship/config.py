@@ -48,12 +48,23 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 42
     early_stopping_patience: int = 2
-    gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
+    gradient_checkpointing: bool | None = None  # None: on only when the memory estimate says the batch does not fit (train/memory.py)
     load_in_4bit: bool = False  # QLoRA; CUDA with bitsandbytes only
     trust_remote_code: bool = False
     device: str | None = None  # cuda | mps | cpu; None picks the best available
+    dtype: str | None = None  # bfloat16 | float16 | float32; None: by device (CPU: bf16 where flags + probe say fast)
     group_by_length: bool = True  # batches of similar length waste no padding
+    padding_free: bool | None = None  # rows flattened into one (position_ids per row); None: with flash attention only (train/speed.py)
+    liger_kernel: bool | None = None  # Liger's Triton kernels; None: on CUDA when liger-kernel is installed (loraship[gpu])
+    logging_steps: int | None = None  # loss logged every N optimizer steps; None: about 50 points per run
     init_lora_nonzero: bool = False  # tests: make an untrained adapter visible
+    # Increments (versions with a parent). None: the measured defaults of train/hparams.py,
+    # recorded with their reason in the manifest (evidence: `make bench-forgetting`).
+    increment_method: str | None = None  # replay | distill | l2 | distill+l2 (train/retention.py)
+    distill_weight: float | None = None  # KL(parent || new) on replayed rows' answer tokens
+    l2_weight: float | None = None  # 1/2 ||adapter - parent's adapter||^2 (strategy continue)
+    increment_learning_rate: float | None = None  # None: learning_rate if set, else auto
+    increment_epochs: int | None = None  # None: num_train_epochs if set, else auto
 
 
 @dataclass
@@ -80,10 +91,25 @@ class OllamaConfig:
 @dataclass
 class CompareConfig:
     questions: str = "default"  # ollama/questions/<name>.yaml
-    concurrency: int = 2
+    concurrency: int | None = None  # answers at once; None: from what the server has (evaluate/concurrency.py)
+    num_thread: int | None = None  # CPU threads per answer (Ollama's num_thread); None: chosen with concurrency
     num_predict: int = 128
     seed: int = 7
     max_test_rows: int = 20  # held-out rows per side (new / old) added to the fixed questions
+    min_questions_per_side: int = 30  # compare warns below this many new (or old) questions
+    # Retrieval arms (`loraship compare --retrieval`): every tag also answers with the top-k
+    # passages of its lineage's training rows (train splits only, never test rows) placed
+    # before the question, and the base model does the same: rows base+retrieval (the
+    # baseline to beat), vN, vN+retrieval. Turned on by gate.min_gain_over_retrieval too.
+    retrieval: bool = False
+    retrieval_top_k: int = 3  # passages per question
+    # An Ollama embedding model (e.g. nomic-embed-text) whose /api/embed ranking is fused
+    # with BM25's (reciprocal rank fusion); None: BM25 alone.
+    retrieval_embed_model: str | None = None
+    # What answers base+retrieval: an Ollama tag of the base (backend ollama) or a GGUF path
+    # (backend llama.cpp). None: the training base converted and quantized like the versions
+    # (export.quants[0]), cached in runs/<model>/base/, answered through llama.cpp.
+    retrieval_base: str | None = None
 
 
 @dataclass
@@ -91,6 +117,26 @@ class GateConfig:
     min_new_gain: float = 5.0  # points of new-knowledge accuracy over the parent
     max_old_loss: float = 2.0  # points of old-knowledge accuracy the candidate may lose
     min_grounding: float = 0.35  # where references cite sources
+    # The gate judges intervals, not point estimates (evaluate/gate.py, evaluate/stats.py):
+    confidence: float = 0.95  # two-sided interval level; PASS needs the whole interval clear
+    resamples: int = 10000  # paired bootstrap resamples over questions
+    seed: int = 20240607  # bootstrap seed (recorded in report.json)
+    # Points of accuracy (all questions) the candidate must score over base+retrieval, the
+    # retrieval baseline; None: not checked. Setting it runs the retrieval arms.
+    min_gain_over_retrieval: float | None = None
+    # A named bar, applied under the keys set explicitly (see GATE_PRESETS):
+    #   beat-retrieval   min_gain_over_retrieval 5, min_grounding 0.35 (fine-tuning must beat
+    #                    retrieving the training material by 5 points, answers cite 35% of sources)
+    preset: str | None = None
+
+
+@dataclass
+class PublishConfig:
+    """`loraship publish`: where versions are pushed for other machines to `ollama pull`."""
+
+    registry: str | None = None  # HOST[:PORT] of an OCI registry, e.g. gpu-box.lan:5000; None: publish is off
+    namespace: str = "library"  # the repository is <namespace>/<model>, e.g. team/mining
+    insecure: bool = False  # plain HTTP (Ollama's --insecure): only for a registry on a trusted network
 
 
 @dataclass
@@ -102,9 +148,27 @@ class Config:
     ollama: OllamaConfig = field(default_factory=OllamaConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+GATE_PRESETS: dict[str, dict[str, Any]] = {
+    "beat-retrieval": {"min_gain_over_retrieval": 5.0, "min_grounding": 0.35},
+}
+
+
+def _apply_preset(raw: dict[str, Any]) -> None:
+    """gate.preset fills the gate keys that were not set explicitly."""
+    gate = raw.get("gate")
+    if not isinstance(gate, dict) or gate.get("preset") is None:
+        return
+    name = gate["preset"]
+    if name not in GATE_PRESETS:
+        raise ConfigError(f"config key 'gate.preset' is {name!r}: known presets are {', '.join(GATE_PRESETS)}")
+    for key, value in GATE_PRESETS[name].items():
+        gate.setdefault(key, value)
 
 
 _YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -173,6 +237,13 @@ def _is_text_field(dotted: str) -> bool:
     return cls is str or (typing.get_origin(cls) in (typing.Union, types.UnionType) and str in typing.get_args(cls))
 
 
+def check_gate_statistics(gate: GateConfig) -> None:
+    if not 0.5 <= gate.confidence < 1.0:
+        raise ConfigError(f"config key 'gate.confidence' is an interval level in [0.5, 1), e.g. 0.95; got {gate.confidence}")
+    if not 1000 <= gate.resamples <= 100_000:
+        raise ConfigError(f"config key 'gate.resamples' must be 1000..100000 (default 10000); got {gate.resamples}")
+
+
 def _validate(cfg: Config) -> None:
     if cfg.train.strategy not in ("continue", "stack"):
         raise ConfigError(f"config key 'train.strategy' must be 'continue' or 'stack', got {cfg.train.strategy!r}")
@@ -181,8 +252,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.split' must be three non-negative fractions summing to 1, got {split}")
     if not 0.0 <= cfg.data.replay_ratio < 1.0:
         raise ConfigError(f"config key 'data.replay_ratio' must be in [0, 1), got {cfg.data.replay_ratio}")
-    if cfg.compare.concurrency < 1:
-        raise ConfigError("config key 'compare.concurrency' must be at least 1")
+    for key in ("concurrency", "num_thread"):
+        if getattr(cfg.compare, key) is not None and getattr(cfg.compare, key) < 1:
+            raise ConfigError(f"config key 'compare.{key}' must be at least 1 (or null: chosen from the server)")
+    if cfg.train.logging_steps is not None and cfg.train.logging_steps < 1:
+        raise ConfigError(f"config key 'train.logging_steps' must be at least 1 (or null: about 50 per run), got {cfg.train.logging_steps}")
+    check_gate_statistics(cfg.gate)
+    if cfg.compare.retrieval_top_k < 1:
+        raise ConfigError("config key 'compare.retrieval_top_k' must be at least 1")
 
 
 def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -206,6 +283,7 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
                 raise ConfigError(f"config key '{dotted}': '{p}' is not a section")
         node[leaf] = _coerce_cli(value) if isinstance(value, str) and not _is_text_field(dotted) else value
     try:
+        _apply_preset(raw)
         cfg = _build(Config, raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path and Path(path).exists() else str(e)) from None

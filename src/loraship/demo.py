@@ -57,7 +57,18 @@ def _data(cfg, batch: Path) -> None:
         _say(f"   {line}")
 
 
-def run(home: Path) -> int:
+def _retrieval_lines(result: dict) -> list[str]:
+    """The matrix the retrieval rows answer: is the fine-tune better than retrieving its data?"""
+    if "retrieval" not in result:
+        return []
+    lines = [f"retrieval ({result['retrieval']['base']}; top {result['retrieval']['top_k']} passages):"]
+    for tag, agg in result["aggregates"].items():
+        lines.append(f"   {tag:<22} accuracy {agg['accuracy']:5.1f}  (new {agg['accuracy_new']:5.1f}, "
+                     f"old {agg['accuracy_old']:5.1f})")
+    return lines
+
+
+def run(home: Path, retrieval: bool = False) -> int:
     from loraship import pipeline
     from loraship.base.from_gguf import from_gguf
     from loraship.base.smollm2 import smollm2_gguf
@@ -93,14 +104,18 @@ def run(home: Path) -> int:
                  "   To register and serve the versions: `make ollama-up` (Docker) or install Ollama, then\n"
                  f"   LORASHIP_HOME={home} loraship register -m {MODEL} v1 && ... register -m {MODEL} v2")
         with _step(f"compare {MODEL}:v1 vs {MODEL}:v2 ({backend})"):
-            newest, result, out = pipeline.stage_compare([f"{MODEL}:v1", f"{MODEL}:v2"], cfg, backend_name=backend)
+            newest, result, out = pipeline.stage_compare([f"{MODEL}:v1", f"{MODEL}:v2"], cfg, backend_name=backend,
+                                                         retrieval=retrieval, log=_say)
     except LorashipError as e:
         _say(f"error: {e}")
         return 2
-    gate = result["gate"]
-    for tag, agg in result["aggregates"].items():
-        _say(f"   {tag}: new-knowledge accuracy {agg['accuracy_new']:.1f}, old-knowledge accuracy {agg['accuracy_old']:.1f}")
-    print(f"\ngate for {gate['candidate']}: {'PASS' if gate['passed'] else 'FAIL'} - {gate['reason']}")
+    from loraship.evaluate.report_gate import summary_lines
+
+    for warning in result.get("warnings") or []:
+        _say(f"   warning: {warning}")
+    print("\n" + "\n".join(summary_lines(result)))
+    for line in _retrieval_lines(result):
+        print(line)
     print(f"report: {out['html']}")
     print(f"versions: LORASHIP_HOME={home} loraship versions -m {MODEL}")
     print(f"demo finished in {time.time() - started:.0f} s")
@@ -113,9 +128,11 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, help="runs folder for this demo (default: runs/demo-<timestamp>)")
+    parser.add_argument("--retrieval", action="store_true",
+                        help="also compare against retrieval: rows base+retrieval, v1+retrieval, v2+retrieval")
     args = parser.parse_args()
     home = args.home or Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d_%H%M%S')}"
-    sys.exit(run(home))
+    sys.exit(run(home, retrieval=args.retrieval))
 
 
 if __name__ == "__main__":

@@ -30,10 +30,15 @@ def versions_table(model: str) -> list[dict[str, Any]]:
             "created": m.get("created_at", "")[:19].replace("T", " "),
             "dataset": f"{data.get('dataset_sha256', '')[:8]} ({data.get('counts', {}).get('final_train', '?')} train)",
             "stages": ",".join(s for s in ("data", "train", "export", "register", "compare") if s in stages),
-            "gate": "-" if gate is None else ("pass" if gate.get("passed") else "FAIL"),
+            "gate": "-" if gate is None else _verdict(gate).lower().replace("fail", "FAIL"),
             "tags": " ".join(tags) or "-",
         })
     return rows
+
+
+def _verdict(gate: dict) -> str:
+    """PASS | FAIL | INCONCLUSIVE; gates recorded before INCONCLUSIVE existed carry `passed` only."""
+    return gate.get("verdict") or ("PASS" if gate.get("passed") else "FAIL")
 
 
 def describe_version(v: versions.Version) -> str:
@@ -62,7 +67,7 @@ def describe_version(v: versions.Version) -> str:
         out.append(f"  ollama:    {r['tag']} on {r['host']} digest {r['digest'][:19]}")
     if "compare" in st:
         g = st["compare"]["gate"]
-        out.append(f"  gate:      {'PASS' if g['passed'] else 'FAIL'} - {g['reason']}  ({st['compare']['report']})")
+        out.append(f"  gate:      {_verdict(g)} - {g['reason']}  ({st['compare']['report']})")
     for name, art in sorted(m.get("artifacts", {}).items()):
         out.append(f"  artifact:  {name}  {art['bytes']} bytes  sha256 {art['sha256'][:12]}")
     return "\n".join(out)
@@ -85,6 +90,8 @@ def doctor_report(provision: bool = False) -> list[tuple[str, bool | None, str]]
 
         d = choose(None)
         rows.append(("training device", True, d.reason))
+    rows.append(_cpu_row())
+    rows.append(_llama_row())
     try:
         if provision:
             toolchain.provision()
@@ -96,6 +103,29 @@ def doctor_report(provision: bool = False) -> list[tuple[str, bool | None, str]]
     rows.append(("runs folder", True, str(paths.runs_root())))
     rows.append(_ollama_row())
     return rows
+
+
+# The instruction sets that decide which llama.cpp CPU variant and which training dtype fit.
+_CPU_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpu_row() -> tuple[str, bool | None, str]:
+    from loraship.train.device import cpu_flags
+
+    flags = cpu_flags()
+    if not flags:
+        return ("cpu features", None, "not readable here (no /proc/cpuinfo)")
+    have = [f for f in _CPU_FEATURES if f in flags]
+    return ("cpu features", True, " ".join(have) or "none of " + " ".join(_CPU_FEATURES))
+
+
+def _llama_row() -> tuple[str, bool | None, str]:
+    from loraship.export import llama_runtime
+
+    try:
+        return ("llama.cpp backend", True, llama_runtime.load().describe())
+    except Exception as e:  # doctor reports, it never fails
+        return ("llama.cpp backend", False, str(e))
 
 
 def _ollama_row() -> tuple[str, bool | None, str]:

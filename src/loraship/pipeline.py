@@ -44,7 +44,7 @@ def _choose_parent(model: str, from_ref: str | None, fresh: bool) -> Version | N
 
 
 def stage_data(model: str, cfg: Config, files: list[Path], *, from_ref: str | None = None, fresh: bool = False,
-               strict: bool = True, warn: Log = lambda s: None) -> Version:
+               strict: bool = True, warn: Log = lambda s: None, feedback: list[Path] = ()) -> Version:
     from loraship.data import prepare as data
 
     with versions.model_lock(model):
@@ -56,7 +56,7 @@ def stage_data(model: str, cfg: Config, files: list[Path], *, from_ref: str | No
 
         def build(tmp: Path, m: dict) -> None:
             summary = data.prepare(files, earlier, cfg.data, tmp / paths.DATA_DIR, version_id=m["id"],
-                                   strict=strict, warn=warn)
+                                   strict=strict, warn=warn, feedback_files=list(feedback), model=model)
             m["stages"]["data"] = summary
             m["config"] = cfg.to_dict()
             m["replay_ratio"] = summary["replay_ratio"]
@@ -69,16 +69,17 @@ def stage_data(model: str, cfg: Config, files: list[Path], *, from_ref: str | No
         return version
 
 
-def stage_train(model: str, cfg: Config, ref: str | None = None, *, resume: bool = False, log: Log = lambda s: None) -> Version:
+def stage_train(model: str, cfg: Config, ref: str | None = None, *, resume: bool = False, log: Log = lambda s: None,
+                progress: Callable[[int, int, dict], None] | None = None) -> Version:
     from loraship.train import lora as train
 
     version = versions.get(model, ref)
     if not train.is_main_process():
         # Under accelerate/torchrun only rank 0 holds the lock and writes; the others just train.
-        train.train_version(cfg, version, resume=resume, log=log)
+        train.train_version(cfg, version, resume=resume, log=log, progress=progress)
         return version
     with versions.model_lock(model):
-        record = train.train_version(cfg, version, resume=resume, log=log)
+        record = train.train_version(cfg, version, resume=resume, log=log, progress=progress)
 
         def change(m: dict) -> None:
             m["stages"]["train"] = record
@@ -113,18 +114,17 @@ def stage_register(model: str, cfg: Config, ref: str | None = None, **kw: Any) -
 
 
 def parse_tag(tag: str) -> tuple[str, str]:
-    if ":" not in tag:
-        raise VersionError(f"tag {tag!r} must be MODEL:vN, e.g. mining:v2")
-    model, vid = tag.split(":", 1)
-    paths.validate_model_name(model)
-    paths.parse_version_id(vid)
-    return model, vid
+    """(model, vN) of `mining:v2` or its full Ollama form `registry.ollama.ai/library/mining:v2`."""
+    from loraship.serve.names import parse_version_tag
+
+    return parse_version_tag(tag)
 
 
 def stage_compare(tags: list[str], cfg: Config, *, backend_name: str = "ollama", questions_file: Path | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[Version, dict, dict[str, Path]]:
+                  progress: Callable[[int, int], None] | None = None, retrieval: bool = False,
+                  log: Log = lambda s: None) -> tuple[Version, dict, dict[str, Path]]:
     from loraship.data import prepare as data
-    from loraship.evaluate import backends, compare, report
+    from loraship.evaluate import arms, backends, compare, report
 
     pairs = [parse_tag(t) for t in tags]
     models = {m for m, _ in pairs}
@@ -163,10 +163,16 @@ def stage_compare(tags: list[str], cfg: Config, *, backend_name: str = "ollama",
         backend = backends.LlamaCppBackend(n_ctx=cfg.ollama.num_ctx or 2048)
     else:
         raise VersionError(f"unknown backend {backend_name!r}: use ollama or llama.cpp")
+    plan = None
     try:
+        if retrieval or cfg.compare.retrieval or cfg.gate.min_gain_over_retrieval is not None:
+            plan = arms.build_plan(cfg, vs, candidates, questions, backend_name, backend, log)
         result = compare.run_compare(candidates, questions, backend, cfg.compare, cfg.gate, domain_corpus=corpus,
-                                     system=cfg.ollama.system, progress=progress, num_ctx=cfg.ollama.num_ctx)
+                                     system=cfg.ollama.system, progress=progress, num_ctx=cfg.ollama.num_ctx,
+                                     retrieval_plan=plan)
     finally:
+        if plan:
+            plan.close()
         close = getattr(backend, "close", None)
         if close:
             close()
@@ -184,16 +190,25 @@ def stage_compare(tags: list[str], cfg: Config, *, backend_name: str = "ollama",
 
 
 def stage_promote(model: str, cfg: Config, ref: str, alias: str, *, force: bool = False,
-                  reason: str | None = None) -> dict:
+                  reason: str | None = None, **kw: Any) -> dict:
     from loraship.release import promote
 
     version = versions.get(model, ref)
     with versions.model_lock(model):
-        return promote.promote(cfg, version, alias, force=force, reason=reason)
+        return promote.promote(cfg, version, alias, force=force, reason=reason, **kw)
 
 
-def stage_rollback(model: str, cfg: Config, alias: str, to: str | None) -> dict:
+def stage_rollback(model: str, cfg: Config, alias: str, to: str | None, **kw: Any) -> dict:
     from loraship.release import promote
 
     with versions.model_lock(model):
-        return promote.rollback(cfg, model, alias, to)
+        return promote.rollback(cfg, model, alias, to, **kw)
+
+
+def stage_publish(model: str, cfg: Config, ref: str | None = None, **kw: Any) -> tuple[Version, dict]:
+    """Push a registered version (and an alias) to the configured registry; see release/publish.py."""
+    from loraship.release import publish
+
+    version = versions.get(model, ref)
+    with versions.model_lock(model):
+        return version, publish.publish(cfg, version, **kw)

@@ -15,7 +15,7 @@ import pytest
 from loraship import config as config_mod
 from loraship.data.prepare import EarlierVersion, load_rows, prepare
 from loraship.evaluate.compare import load_questions
-from loraship.evaluate.scoring import fact_found, tokens
+from loraship.evaluate.scoring import content_tokens, fact_found, tokens
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH1 = REPO / "train" / "data" / "demo_batch1.jsonl"
@@ -39,6 +39,28 @@ def prepared(tmp_path_factory):
 def answers(path: Path) -> list[list[str]]:
     """Assistant turns of a normalised JSONL, tokenised the way the scorer reads answers."""
     return [tokens(m["content"]) for r in load_rows(path) for m in r["messages"] if m["role"] == "assistant"]
+
+
+def rows(path: Path) -> list[tuple[list[str], list[str]]]:
+    """(all tokens of the row, assistant tokens) per row of a normalised JSONL."""
+    out = []
+    for r in load_rows(path):
+        said = [tokens(m["content"]) for m in r["messages"] if m["role"] == "assistant"]
+        asked = [tokens(m["content"]) for m in r["messages"] if m["role"] != "assistant"]
+        out.append(([t for turn in asked + said for t in turn], [t for turn in said for t in turn]))
+    return out
+
+
+# Question words that name no subject: what is left of a question ("kessrite", "harrow shaft",
+# "brine drift test") must appear in the training row that teaches its fact.
+GENERIC = set("""colour hardness hard mohs scale mineral used use make mined mine pit which metres deep many
+    basin varnholt where year survey surveyed surveyor tool instrument detect time day done map days long one
+    drilling bring drill ground grid wide square squares marked who first made town company mining founded
+    open office invented introduced happen mines close discovered main reach comes divide take core""".split())
+
+
+def subject(question: str) -> set[str]:
+    return {t for t in content_tokens(question) if t not in GENERIC}
 
 
 @pytest.mark.parametrize("version,prefix", [("v1", "b1-"), ("v2", "b2-")])
@@ -68,8 +90,10 @@ def test_v2_replays_v1_rows(prepared):
 
 def test_question_set_has_old_and_new():
     qs = load_questions(QUESTIONS)
-    assert sum(q.knowledge == "old" for q in qs) >= 6
-    assert sum(q.knowledge == "new" for q in qs) >= 6
+    # 30 per side: one question then moves a side's accuracy by ~3 points, not 14.
+    assert sum(q.knowledge == "old" for q in qs) >= 30
+    assert sum(q.knowledge == "new" for q in qs) >= 30
+    assert len({q.question.lower() for q in qs}) == len(qs), "a question is asked twice"
     assert all(q.facts and q.reference and q.domain for q in qs)
     for q in qs:  # the reference answer itself must score full marks
         assert all(fact_found(f, tokens(q.reference)) for f in q.facts), q.id
@@ -78,15 +102,20 @@ def test_question_set_has_old_and_new():
 
 
 def test_every_fixed_fact_is_taught_by_the_right_version(prepared):
-    """old -> in v1's training split; new -> in v2's own training split and nowhere in batch 1."""
+    """old -> in v1's training split; new -> in v2's own training split and nowhere in batch 1.
+
+    The teaching row must name the question's subject too: "6" in a row about orvalite does
+    not teach kessrite's hardness.
+    """
     v1_dir, v2_dir = prepared["v1"][1], prepared["v2"][1]
-    taught = {"old": answers(v1_dir / "train.jsonl"), "new": answers(v2_dir / "train.jsonl")}
+    taught = {"old": rows(v1_dir / "train.jsonl"), "new": rows(v2_dir / "train.jsonl")}
     batch1 = [a for split in ("train", "val", "test") for a in answers(v1_dir / f"{split}.jsonl")]
     problems = []
     for q in load_questions(QUESTIONS):
+        about = subject(q.question)
         for fact in q.facts:
-            if not any(fact_found(fact, a) for a in taught[q.knowledge]):
-                problems.append(f"{q.id}: {fact!r} is not in the {q.knowledge} training split")
+            if not any(fact_found(fact, said) and about <= set(text) for text, said in taught[q.knowledge]):
+                problems.append(f"{q.id}: no row of the {q.knowledge} training split says {fact!r} about {sorted(about)}")
             if q.knowledge == "new" and any(fact_found(fact, a) for a in batch1):
                 problems.append(f"{q.id}: {fact!r} is already in batch 1, so v1 knows it too")
     assert not problems, problems

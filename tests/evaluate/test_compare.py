@@ -248,53 +248,104 @@ def test_every_candidate_gets_the_same_deterministic_prompts():
     assert all(m[0] == {"role": "system", "content": "You are terse."} for _, m, _ in backend.calls)
 
 
+def many(n_new: int, n_old: int, cite: bool = False) -> list[Question]:
+    """Enough questions for the gate to decide: one number to know per question."""
+    src = ["Site Register"] if cite else []
+    return [
+        Question(f"{side}{i}", f"What is the code of {side} site {i}?", f"Code {base + i}.",
+                 [str(base + i)], "coop", side, src if side == "new" else [])
+        for side, n, base in (("new", n_new, 1000), ("old", n_old, 5000))
+        for i in range(n)
+    ]
+
+
+def knows(qs: list[Question], ids: set[str], cite: bool = False) -> dict[str, str]:
+    tail = " (Site Register)" if cite else ""
+    return {q.question: (f"Code {q.facts[0]}{tail}." if q.id in ids else "I do not know.") for q in qs}
+
+
+def ids(side: str, n: int) -> set[str]:
+    return {f"{side}{i}" for i in range(n)}
+
+
 def test_gate_passes_when_new_knowledge_improves_and_old_is_kept():
-    report, _ = compare({"demo:v1": V1, "demo:v2": V2}, cands())
+    qs = many(40, 40)
+    v1, v2 = knows(qs, ids("old", 40)), knows(qs, ids("new", 40) | ids("old", 40))
+    report, _ = compare({"demo:v1": v1, "demo:v2": v2}, cands(), qs=qs,
+                        gate=GateConfig(max_old_loss=10))
     g = report["gate"]
-    assert g["passed"] is True and g["candidate"] == "demo:v2" and g["parent"] == "demo:v1"
+    assert g["verdict"] == "PASS" and g["passed"] is True
+    assert g["candidate"] == "demo:v2" and g["parent"] == "demo:v1"
     agg = report["aggregates"]["demo:v2"]
     assert agg["accuracy_new"] == 100.0 and agg["new_gain"] == 100.0 and agg["old_loss"] == 0.0
     assert agg["retention"] == 100.0 and report["aggregates"]["demo:v1"]["retention"] is None
-    assert {c["name"]: c["passed"] for c in g["checks"]} == {
-        "parent_compared": True,
-        "new_gain": True,
-        "old_loss": True,
-        "grounding": True,
+    assert agg["intervals"]["old_loss"]["high"] <= 10 < 15  # 40 unchanged answers: within 10, not 2
+    assert {c["name"]: c["result"] for c in g["checks"]} == {
+        "parent_compared": "PASS",
+        "new_gain": "PASS",
+        "old_loss": "PASS",
+        "grounding": "n/a",
     }
+    assert report["warnings"] == []
+
+
+def test_gate_on_five_questions_is_inconclusive_and_says_how_many_would_decide():
+    """The point estimates pass (+100 new, no old lost): 3 + 2 questions cannot show it."""
+    report, _ = compare({"demo:v1": V1, "demo:v2": V2}, cands())
+    g, agg = report["gate"], report["aggregates"]["demo:v2"]
+    assert agg["new_gain"] == 100.0 and agg["old_loss"] == 0.0
+    assert g["verdict"] == "INCONCLUSIVE" and g["passed"] is False
+    assert g["reason"].startswith("old-knowledge accuracy did not drop")
+    assert "old-knowledge questions (now 2)" in g["decide"] and "would decide it" in g["decide"]
+    assert [w.split(";")[0] for w in report["warnings"]] == [
+        "only 3 new-knowledge questions (fixed set plus held-out test rows)",
+        "only 2 old-knowledge questions (fixed set plus held-out test rows)",
+    ]
 
 
 def test_gate_fails_on_too_small_gain():
-    v2 = {**V1, "Delivery window?": "48 hours."}  # 1 of 3 new facts: +33 points...
-    report, _ = compare(
-        {"demo:v1": V1, "demo:v2": v2}, cands(), gate=GateConfig(min_new_gain=40, min_grounding=0)
-    )
-    assert report["gate"]["passed"] is False
-    assert (
-        set(failed(report)) == {"new_gain"}
-        and "below the required +40" in failed(report)["new_gain"]
-    )
+    qs = many(40, 40)
+    v1, v2 = knows(qs, ids("old", 40)), knows(qs, ids("new", 4) | ids("old", 40))
+    report, _ = compare({"demo:v1": v1, "demo:v2": v2}, cands(), qs=qs,
+                        gate=GateConfig(min_new_gain=40, max_old_loss=10))
+    assert report["gate"]["verdict"] == "FAIL"
+    assert set(failed(report)) == {"new_gain"}
+    assert "even its upper bound is below the required 40" in failed(report)["new_gain"]
 
 
 def test_gate_fails_when_old_knowledge_is_forgotten():
-    v2 = {**V2, "Boiling point of water?": "Cold."}
-    report, _ = compare({"demo:v1": V1, "demo:v2": v2}, cands())
-    assert (
-        set(failed(report)) == {"old_loss"} and report["aggregates"]["demo:v2"]["old_loss"] == 50.0
-    )
-    assert report["aggregates"]["demo:v2"]["retention"] == 50.0
+    qs = many(40, 40)
+    v1, v2 = knows(qs, ids("old", 40)), knows(qs, ids("new", 40) | ids("old", 20))
+    report, _ = compare({"demo:v1": v1, "demo:v2": v2}, cands(), qs=qs)
+    assert set(failed(report)) == {"old_loss"} and report["gate"]["verdict"] == "FAIL"
+    agg = report["aggregates"]["demo:v2"]
+    assert agg["old_loss"] == 50.0 and agg["intervals"]["old_loss"]["low"] > 2
+    assert agg["retention"] == 50.0
 
 
 def test_gate_fails_on_ungrounded_answers_and_skips_grounding_without_sources():
-    v2 = {**V2, "When was the coop founded?": "In 1987."}
-    report, _ = compare({"demo:v1": V1, "demo:v2": v2}, cands())
-    assert set(failed(report)) == {"grounding"}
-    report, _ = compare({"demo:v1": V1, "demo:v2": v2}, cands(), qs=questions(grounded=False))
+    qs = many(40, 40, cite=True)
+    v1 = knows(qs, ids("old", 40))
+    v2 = knows(qs, ids("new", 40) | ids("old", 40))  # right, but never cites the register
+    report, _ = compare({"demo:v1": v1, "demo:v2": v2}, cands(), qs=qs,
+                        gate=GateConfig(max_old_loss=10))
+    assert set(failed(report)) == {"grounding"} and report["gate"]["verdict"] == "FAIL"
+    assert "even its upper bound is below the required 35" in failed(report)["grounding"]
+    report, _ = compare({"demo:v1": v1, "demo:v2": v2}, cands(), qs=many(40, 40),
+                        gate=GateConfig(max_old_loss=10))
     check = next(c for c in report["gate"]["checks"] if c["name"] == "grounding")
-    assert (
-        report["gate"]["passed"] is True
-        and check["passed"] is None
-        and "not applicable" in check["reason"]
-    )
+    assert report["gate"]["passed"] is True and check["passed"] is None
+    assert check["result"] == "n/a" and "not applicable" in check["reason"]
+
+
+def test_too_few_questions_per_side_is_a_warning_in_the_report():
+    qs = many(40, 40)
+    answers = {"demo:v1": knows(qs, set()), "demo:v2": knows(qs, set())}
+    backend = ScriptedBackend(answers)
+    report = run_compare(cands(), qs, backend, CompareConfig(min_questions_per_side=41), GateConfig(),
+                         domain_corpus=CORPUS, system=None)
+    assert len(report["warnings"]) == 2 and "only 40 old-knowledge questions" in report["warnings"][1]
+    assert "compare.min_questions_per_side is 41" in report["warnings"][0]
 
 
 def test_gate_fails_without_a_compared_parent():

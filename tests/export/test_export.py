@@ -134,7 +134,7 @@ def test_changed_base_is_refused(home):
 
 
 def test_killed_conversion_leaves_no_gguf_under_its_final_name(home, monkeypatch):
-    def killed(script, args, log=None):
+    def killed(script, args, log=None, log_file=None):
         out = args[args.index("--outfile") + 1]
         with open(out, "wb") as f:
             f.write(b"GGUF" + b"\0" * 100)  # half-written
@@ -219,3 +219,18 @@ def test_base_from_gguf_round_trips_a_gguf_into_a_trainable_checkpoint(exported,
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template and tok.eos_token == "<|im_end|>"
     assert "nothing to do" in CliRunner().invoke(cli, ["base", "from-gguf", str(gguf), str(out)]).output
+
+
+def test_llama_cpp_chatter_goes_to_the_version_log_and_the_console_gets_one_line_per_quant(home, capfd):
+    """The quantizer's per-tensor notes and the converter's output land in export.log; the
+    console shows one summary line per quant with its type mix and fallback count."""
+    out = run("export", "-m", "tiny", "v1", "--force")
+    err = capfd.readouterr().err
+    v = versions.get("tiny", "v1")
+    log_text = (v.path / "export.log").read_text()
+    assert "convert_hf_to_gguf.py" in log_text and "llama_model_quantize" in log_text
+    summary = [ln for ln in (out + err).splitlines() if ln.startswith("quantized to Q4_K_M:")]
+    assert len(summary) == 1 and "fell back" in summary[0]
+    fallbacks = sum(1 for ln in log_text.splitlines() if "fallback" in ln)
+    assert f"{fallbacks} fell back" in summary[0]
+    assert not any("llama_model_quantize" in ln or "fallback quantization" in ln for ln in (out + err).splitlines())

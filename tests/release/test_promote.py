@@ -19,7 +19,7 @@ from loraship import paths, pipeline
 from loraship.errors import GateError, VersionError
 from loraship.release import promote
 from loraship.serve.ollama_client import short
-from loraship.store import versions
+from loraship.store import manifest, versions
 from loraship.store.hashing import sha256_file
 
 PASS = {"gate.min_new_gain": -100.0, "gate.max_old_loss": 100.0}  # a random tiny model learns nothing
@@ -70,6 +70,25 @@ def test_force_without_a_reason_is_refused_before_any_server_call(tmp_path, monk
             promote.promote(pipeline.load_config("tiny"), v, force=True, reason=reason)
 
 
+@pytest.mark.parametrize("gate, words", [
+    ({"verdict": "INCONCLUSIVE", "passed": False, "reason": "the interval straddles the allowed 2",
+      "decide": "about 97 old-knowledge questions (now 30) would decide it"}, "was inconclusive"),
+    ({"verdict": "FAIL", "passed": False, "reason": "even its upper bound is below the required 5"}, "failed"),
+    ({"passed": False, "reason": "below the required +5"}, "failed"),  # a record from before verdicts
+])
+def test_only_a_pass_promotes_inconclusive_is_refused_like_a_failure(tmp_path, gate, words):
+    manifest.write(tmp_path, {"parent": "v1", "stages": {"compare": {
+        "gate": gate, "digest": "sha256:" + "a" * 64, "tags": ["tiny:v1", "tiny:v2"],
+        "report": "compare/report.json", "report_sha256": "0" * 64}}})
+    v = versions.Version("tiny", "v2", 2, tmp_path)
+    with pytest.raises(GateError) as e:
+        promote._passed_gate(v, "sha256:" + "a" * 64, "http://127.0.0.1:11434")
+    msg = str(e.value)
+    assert msg.startswith(f"tiny:v2's gate {words} ({gate['reason']}")
+    assert "promote refuses; --force --reason '...' records an override" in msg
+    assert ("about 97 old-knowledge questions" in msg) is (gate.get("verdict") == "INCONCLUSIVE")
+
+
 def test_rollback_of_an_alias_never_promoted_is_a_clear_error():
     with pytest.raises(VersionError, match=r"tiny:latest was never promoted: nothing to roll back"):
         promote.rollback(pipeline.load_config("tiny"), "tiny")
@@ -108,6 +127,25 @@ def test_promote_refuses_without_a_passed_gate_and_forcing_needs_a_reason(regist
     cmp = p.version("v2").stage("compare")
     assert entry["forced"] is True and entry["override_reason"] == "hotfix approved by ops"
     assert "gate failed" in entry["overridden"] and entry["report_sha256"] == cmp["report_sha256"]
+
+
+@pytest.mark.slow
+def test_promote_refuses_an_inconclusive_gate_unless_forced_with_a_reason(registered):
+    p = registered
+    gain = compare(p, PASS)["checks"][1]
+    assert gain["name"] == "new_gain"
+    # a threshold on the point estimate itself: the interval around it straddles it
+    gate = compare(p, {**PASS, "gate.min_new_gain": gain["value"]})
+    assert gate["verdict"] == "INCONCLUSIVE" and not gate["passed"]
+    out = cli_run("promote", p.tag("v2"), code=2)
+    assert f"{p.tag('v2')}'s gate was inconclusive ({gate['reason']}" in error_line(out)
+    out = cli_run("promote", p.tag("v2"), "--force", code=2)
+    assert "--force needs --reason" in error_line(out)
+    assert served(p, "latest") is None and audit(p) == []
+    cli_run("promote", p.tag("v2"), "--force", "--reason", "ops accept the risk")
+    (entry,) = audit(p)
+    assert entry["forced"] is True and "gate was inconclusive" in entry["overridden"]
+    assert served(p, "latest") == served(p, "v2")
 
 
 @pytest.mark.slow

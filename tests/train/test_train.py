@@ -4,6 +4,7 @@ interrupt + resume, and DDP through torchrun with two CPU processes."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,6 +107,24 @@ def _cli(args: list[str], env: dict) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def test_the_console_shows_one_line_per_epoch_and_the_full_log_stays_in_the_version(isolated_home, tiny_config):
+    """No raw Trainer log dicts between bar redraws: epoch lines with the validation loss on the
+    console, every log entry in train_log.jsonl."""
+    import json
+
+    tiny_config("tiny", train__num_train_epochs=2)
+    pipeline.stage_data("tiny", pipeline.load_config("tiny"), [write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 24))])
+    proc = _cli(["train", "-m", "tiny"], {**os.environ, "PYTHONUNBUFFERED": "1"})
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    epoch_lines = [ln for ln in out.splitlines() if re.match(r"epoch \d+/2: val loss \d", ln)]
+    assert len(epoch_lines) == 2, out
+    assert "{'loss'" not in out and "'eval_loss'" not in out
+    entries = [json.loads(ln) for ln in (versions.get("tiny", "v1").path / "train_log.jsonl").read_text().splitlines()]
+    assert any("loss" in e for e in entries) and sum("eval_loss" in e for e in entries) == 2
+    assert all("step" in e and "epoch" in e for e in entries)
+
+
 def test_interrupted_training_leaves_no_finished_version_and_resumes(isolated_home, tiny_config):
     tiny_config("tiny", train__num_train_epochs=4)
     pipeline.stage_data("tiny", pipeline.load_config("tiny"), [write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 24))])
@@ -185,7 +204,7 @@ def test_two_cpu_processes_with_torchrun_produce_one_adapter(isolated_home, tiny
     assert len(versions.list_versions("tiny")) == 1
 
 
-@pytest.mark.parametrize("mode", ["mask", "positions"])
+@pytest.mark.parametrize("mode", ["mask", "positions", "full"])
 def test_answer_only_logits_give_the_same_loss_as_the_full_model(tiny_base, mode):
     """Both ways of asking for answer logits (the boolean mask of newer transformers, and the
     1-D positions every supported release takes) give the model's own loss and gradients."""

@@ -7,6 +7,7 @@
     incremental_replay_final.jsonl   the final training set: train.jsonl + replayed rows
     old_test.jsonl                   the lineage ancestors' test rows ("old knowledge")
     invalid.jsonl                    only with strict=False and rejected rows: the report
+    feedback_replay.jsonl            only with feedback: confirmed answers, replay-eligible from now on
 
 Guarantees: a row whose normalised text was ever in any earlier version's test
 split never enters a training set; same input + seed gives byte-identical files.
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from loraship.config import DataConfig
+from loraship.data import feedback as fb_mod
 from loraship.data.load import Problem, dumps_rows, load_rows, read_input
 from loraship.data.mix import (
     BAND,
@@ -66,6 +68,7 @@ class _History:
     old_test: list[Row]  # ancestors' test rows, first occurrence of each hash
     ancestors: list[str]
     all_ids: list[str]
+    test_prompts: set[str]  # questions of every test row: feedback on them would leak the test split
 
 
 def _check_ratio(cfg: DataConfig, warn: Callable[[str], None]) -> None:
@@ -101,8 +104,8 @@ def _earlier_rows(ev: EarlierVersion, name: str, required: bool = True) -> list[
 
 def _load_history(earlier: list[EarlierVersion]) -> _History:
     ordered = sorted(earlier, key=lambda ev: parse_version_id(ev.id))
-    files = {ev.id: {n: _earlier_rows(ev, n, n != OLD_TEST) for n in (TRAIN, VAL, TEST, OLD_TEST)}
-             for ev in ordered}
+    files = {ev.id: {n: _earlier_rows(ev, n, n in (TRAIN, VAL, TEST))
+                     for n in (TRAIN, VAL, TEST, OLD_TEST, fb_mod.REPLAY_FILE)} for ev in ordered}
     seen = {r["hash"] for f in files.values() for rows in f.values() for r in rows}
     # old_test.jsonl counts too: it keeps test rows of versions that were deleted since.
     test = {r["hash"] for f in files.values() for r in f[TEST] + f[OLD_TEST]}
@@ -112,7 +115,7 @@ def _load_history(earlier: list[EarlierVersion]) -> _History:
     pool_seen: set[str] = set()
     old_seen: set[str] = set()
     for vid in ancestors:
-        for r in files[vid][TRAIN]:
+        for r in files[vid][TRAIN] + files[vid][fb_mod.REPLAY_FILE]:
             if r["origin"] == "new" and r["hash"] not in test and r["hash"] not in pool_seen:
                 pool_seen.add(r["hash"])
                 pool.append(r)
@@ -121,7 +124,9 @@ def _load_history(earlier: list[EarlierVersion]) -> _History:
                 old_seen.add(r["hash"])
                 old_test.append(r)
     old_test.sort(key=lambda r: parse_version_id(r["from_version"]))  # stable: file order within a version
-    return _History(seen, test, pool, old_test, ancestors, [ev.id for ev in ordered])
+    prompts = {fb_mod.prompt_key(r["messages"][-2]["content"]) for f in files.values()
+               for r in f[TEST] + f[OLD_TEST] if len(r["messages"]) >= 2}
+    return _History(seen, test, pool, old_test, ancestors, [ev.id for ev in ordered], prompts)
 
 
 def _file_labels(files: list[Path]) -> list[str]:
@@ -225,13 +230,17 @@ def _per_topic(splits: dict[str, list[Row]]) -> list[dict[str, Any]]:
 
 
 def prepare(new_files: list[Path], earlier: list[EarlierVersion], cfg: DataConfig, out_dir: Path, *,
-            version_id: str, strict: bool = True, warn: Callable[[str], None] = lambda s: None) -> dict:
-    """Build version `version_id`'s data folder; returns the summary for the manifest (stages.data)."""
+            version_id: str, strict: bool = True, warn: Callable[[str], None] = lambda s: None,
+            feedback_files: list[Path] = (), model: str | None = None) -> dict:
+    """Build version `version_id`'s data folder; returns the summary for the manifest (stages.data).
+
+    `feedback_files` (data/feedback.py): corrections join the train split, confirmed answers
+    the replay pool."""
     parse_version_id(version_id)
     _check_split(cfg)
     _check_ratio(cfg, warn)
-    if not new_files:
-        raise DataError("no input files given: pass one or more JSONL files")
+    if not new_files and not feedback_files:
+        raise DataError("no input files given: pass one or more JSONL files (or --feedback FILE)")
     hist = _load_history(earlier)
     parsed, problems, inputs = _read_inputs(list(new_files), cfg, version_id)
     kept, counts, id_problems = _dedupe(parsed, hist)
@@ -239,15 +248,26 @@ def prepare(new_files: list[Path], earlier: list[EarlierVersion], cfg: DataConfi
     if problems and strict:
         raise DataError(_strict_message(problems))
     _report_invalid(problems, warn)
-    if not kept:
+    fb = fb_mod.read_feedback(list(feedback_files), model or "", version_id) if feedback_files else None
+    if not kept and not (fb and fb.train):
         raise DataError(_no_rows_message(len(parsed), len(problems), counts))
     train, val, test = stratified_split(kept, cfg.split, cfg.seed)
+    if fb:
+        prompts = hist.test_prompts | {fb_mod.prompt_key(r["messages"][-2]["content"]) for r in test}
+        fb_mod.admit(fb, hist.seen | {r["hash"] for r in kept}, hist.test, prompts)
+        train, hist.pool = train + fb.train, hist.pool + fb.replay
+        if not train:
+            raise DataError(f"no new rows left to train on: the feedback has {fb.counts['corrections']} usable "
+                            f"corrections ({fb.counts['on_test_questions']} rows on test questions and "
+                            f"{fb.counts['duplicates']} already known were dropped); add corrections or data")
     replay, wanted = _replay(hist, len(train), cfg, version_id, warn)
     final = mix_final(train, replay, cfg.seed, version_id)
     contents = {TRAIN: dumps_rows(train), VAL: dumps_rows(val), TEST: dumps_rows(test),
                 FINAL: dumps_rows(final), OLD_TEST: dumps_rows(hist.old_test)}
     if problems:
         contents[INVALID] = dumps_rows([p.record() for p in problems])
+    if fb and fb.replay:
+        contents[fb_mod.REPLAY_FILE] = dumps_rows(fb.replay)
     records = _write(Path(out_dir), contents)
     counts.update(new_valid=len(parsed), invalid=len(problems), new_kept=len(kept), train=len(train),
                   val=len(val), test=len(test), replayed=len(replay), final_train=len(final),
@@ -256,6 +276,8 @@ def prepare(new_files: list[Path], earlier: list[EarlierVersion], cfg: DataConfi
     summary = _summary(version_id, cfg, strict, inputs, parsed, counts, splits, hist, wanted)
     summary["files"] = {name: records[name] for name in contents}
     summary["dataset_sha256"] = _dataset_sha256(records)
+    if fb:
+        summary["feedback"] = fb_mod.summary(fb, {r["id"] for r in replay})
     return summary
 
 
@@ -299,6 +321,11 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"replay: {c['replayed']} rows from {sources}; ratio {ratio['requested']:.2f} requested,"
                      f" {ratio['actual']:.3f} actual; training set {c['final_train']} rows")
         lines.append(f"old test pool: {c['old_test']} rows from {', '.join(rep['ancestors'])}")
+    if summary.get("feedback"):
+        f = summary["feedback"]["counts"]
+        lines.append(f"feedback: {f['corrections']} corrections -> train, {f['confirmed']} confirmed answers -> "
+                     f"replay pool; dropped {f['on_test_questions']} on test questions, {f['duplicates']} already "
+                     f"known, {f['down_without_correction']} thumbs-down without a correction")
     topics = summary["per_topic"]
     if summary["topics"]:
         lines.append(f"topics: {len(summary['topics'])}")

@@ -15,8 +15,10 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from loraship.errors import ConfigError, OllamaError, ToolchainError, VersionError
+from loraship.errors import ConfigError, OllamaError, VersionError
+from loraship.evaluate import concurrency
 from loraship.evaluate.candidate import Candidate
+from loraship.export import llama_runtime
 from loraship.serve import ollama_client
 from loraship.store.hashing import sha256_file
 
@@ -66,6 +68,10 @@ class OllamaBackend:
         raise OllamaError(
             f"tag {c.tag} is not served by {self.host}: run `loraship register` for version {c.version}"
         )
+
+    def server(self, candidates: list[Candidate]) -> concurrency.Server:
+        """GPU or CPU, from /api/ps (see evaluate/concurrency.py)."""
+        return concurrency.ollama_server(self.client, self.host, candidates[0].tag)
 
     def answer(self, c: Candidate, messages: list[dict], options: dict) -> str:
         opts = {k: v for k, v in options.items() if v is not None}
@@ -133,22 +139,20 @@ class LlamaCppBackend:
         path = self._path(c)
         with self._guard:
             if path not in self._models:
-                try:
-                    import llama_cpp
-                except ImportError as e:
-                    raise ToolchainError(
-                        "llama-cpp-python is missing: pip install 'loraship[export]', or use the Ollama backend"
-                    ) from e
+                llama_cpp = llama_runtime.llama_cpp()
                 kwargs: dict[str, Any] = {
                     "model_path": str(path),
                     "n_ctx": options.get("num_ctx") or self.n_ctx,
                     "seed": options.get("seed") or 0,
                     "verbose": False,
                 }
-                if self.n_threads:
-                    kwargs["n_threads"] = self.n_threads
+                if options.get("num_thread") or self.n_threads:  # Ollama's option name, as for Ollama
+                    kwargs["n_threads"] = options.get("num_thread") or self.n_threads
                 self._models[path] = (llama_cpp.Llama(**kwargs), threading.Lock())
             return self._models[path]
+
+    def server(self, candidates: list[Candidate]) -> concurrency.Server:
+        return concurrency.llamacpp_server()
 
     def answer(self, c: Candidate, messages: list[dict], options: dict) -> str:
         llm, lock = self._model(c, options)

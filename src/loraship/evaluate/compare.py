@@ -3,8 +3,8 @@
 `run_compare` checks every served digest before asking anything (a tag overwritten
 outside loraship must not be scored under the version's name), asks each candidate the
 same prompts with deterministic options, scores the answers (see scoring.py for the
-rules) and judges the newest candidate against its parent with the GateConfig
-(scoring.judge).
+rules) and judges the newest candidate against its parent with the GateConfig: paired
+per-question scores, intervals, PASS / FAIL / INCONCLUSIVE (gate.py, stats.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import Any
 
 import yaml
 
-from loraship.config import CompareConfig, GateConfig
+from loraship.config import CompareConfig, GateConfig, check_gate_statistics
 from loraship.errors import ConfigError, VersionError
-from loraship.evaluate import scoring
+from loraship.evaluate import arms, concurrency, scoring
+from loraship.evaluate import gate as gating
 from loraship.evaluate.backends import Backend
 from loraship.evaluate.candidate import Candidate  # noqa: F401  (re-exported for callers of compare)
 from loraship.paths import parse_version_id
@@ -237,6 +238,26 @@ def _validate_inputs(
         raise ConfigError(
             f"config key 'gate.min_grounding' is a fraction 0..1, got {gate.min_grounding}"
         )
+    check_gate_statistics(gate)
+
+
+def question_warnings(questions: list[Question], minimum: int) -> list[str]:
+    """A line per knowledge side with fewer questions than compare.min_questions_per_side.
+
+    Fixed questions and held-out test rows both count. Below ~30 a side's interval is
+    too wide for the gate to decide (one answer moves the score by several points).
+    """
+    out = []
+    for side in KNOWLEDGE:
+        n = sum(q.knowledge == side for q in questions)
+        if n < minimum:
+            out.append(
+                f"only {n} {side}-knowledge questions (fixed set plus held-out test rows); "
+                f"compare.min_questions_per_side is {minimum}: with so few the gate's intervals "
+                "are wide and it may be INCONCLUSIVE; add questions to the set or raise "
+                "compare.max_test_rows"
+            )
+    return out
 
 
 def check_digests(candidates: list[Candidate], backend: Backend) -> dict[str, str | None]:
@@ -304,16 +325,25 @@ def run_compare(
     system: str | None,
     progress: Callable[[int, int], None] | None = None,
     num_ctx: int | None = None,
+    retrieval_plan: Any = None,
 ) -> dict:
-    """Ask, score, judge; returns the JSON-serialisable report (see write_reports)."""
+    """Ask, score, judge; returns the JSON-serialisable report (see write_reports).
+
+    With a `retrieval_plan` (arms.build_plan) the retrieval rows are asked too (arms.py)."""
     _validate_inputs(candidates, questions, gate)
     served = check_digests(candidates, backend)
     options = options_for(cfg, num_ctx)
-    raw = _ask_all(candidates, questions, backend, options, system, cfg.concurrency, progress)
+    workers = concurrency.for_backend(cfg.concurrency, cfg.num_thread, backend, candidates)
+    if workers.num_thread:
+        options["num_thread"] = workers.num_thread
+    plain, extra = len(candidates) * len(questions), len(retrieval_plan.arms) * len(questions) if retrieval_plan else 0
+    arm_digests = arms.served(retrieval_plan) if retrieval_plan else {}
+    one_bar = (lambda d, t: progress(d, plain + extra)) if progress else None
+    raw = _ask_all(candidates, questions, backend, options, system, workers.workers, one_bar)
     index = scoring.RelevanceIndex(domain_corpus)
-    answers, per_tag = [], {}
+    answers, per_tag, scored_by_tag = [], {}, {}
     for c in candidates:
-        scored = []
+        scored = scored_by_tag[c.tag] = []
         for q in questions:
             text, seconds = raw[(c.tag, q.id)]
             s = scoring.score_answer(text, q, index)
@@ -333,14 +363,22 @@ def run_compare(
             sum(raw[(c.tag, q.id)][1] for q in questions) / len(questions), 3
         )
         per_tag[c.tag] = agg
-    scoring.add_parent_deltas(candidates, per_tag)
-    return {
+    gating.add_parent_deltas(candidates, per_tag, scored_by_tag, gate)
+    if retrieval_plan:
+        arm_bar = (lambda d, t: progress(plain + d, plain + extra)) if progress else None
+        arm_answers, arm_aggs = arms.run_arms(retrieval_plan, questions, options, system, workers.workers,
+                                              index, arm_bar)
+        answers += arm_answers
+        per_tag = arms.order_rows({**per_tag, **arm_aggs}, candidates)
+    report = {
         "schema": REPORT_SCHEMA,
         "created_at": now_iso(),
         "backend": backend.name,
         "options": options,
+        "concurrency": workers.record(),  # requests at once and threads each, with the reason
         "system": system,
         "scoring_rules": scoring.RULES_VERSION,
+        "warnings": question_warnings(questions, cfg.min_questions_per_side),
         "candidates": [
             {
                 **asdict(c),
@@ -352,5 +390,9 @@ def run_compare(
         "questions": [asdict(q) for q in questions],
         "answers": answers,
         "aggregates": per_tag,
-        "gate": scoring.judge(candidates, per_tag, gate),
+        "gate": gating.judge(candidates, per_tag, gate),
     }
+    gating.add_check(report["gate"], arms.gain_check(answers, report["gate"]["candidate"], gate))
+    if retrieval_plan:
+        report["retrieval"] = arms.describe(retrieval_plan, arm_digests)
+    return report

@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from loraship.evaluate import report_gate
 from loraship.store import atomic
 
 METRICS = [
@@ -55,17 +56,33 @@ def fmt(v: Any) -> str:
 
 
 def _verdict(report: dict) -> str:
-    g = report["gate"]
-    against = f" vs {g['parent']}" if g["parent"] else ""
-    return f"{'PASS' if g['passed'] else 'FAIL'}: {g['candidate']}{against}: {g['reason']}"
+    return report_gate.headline(report)
 
 
-def _mark(passed: bool | None) -> str:
-    return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
+def _with_interval(agg: dict, key: str) -> str:
+    """'42.0 [30.1, 53.9]' where the aggregate has an interval (report_gate.interval)."""
+    ci = report_gate.interval((agg.get("intervals") or {}).get(key))
+    return fmt(agg.get(key)) + (f" {ci}" if ci and agg.get(key) is not None else "")
 
 
 def _grounding_used(report: dict) -> bool:
     return any(a.get("n_grounded") for a in report["aggregates"].values())
+
+
+def retrieval_note(report: dict) -> str | None:
+    """How the retrieval rows were made (arms.py), in one sentence; None without them."""
+    r = report.get("retrieval")
+    if not r:
+        return None
+    how = ", ".join(sorted({a["retriever"] for a in r["arms"]}))
+    return (f"Retrieval rows: the top {r['top_k']} training passages ({how}) placed before each question; "
+            f"base+retrieval is {r['base']}.")
+
+
+def answer_tags(report: dict) -> list[str]:
+    """Columns of the answer tables: the compared tags, then the retrieval rows (arms.py), if any."""
+    arms = (report.get("retrieval") or {}).get("arms") or []
+    return [c["tag"] for c in report["candidates"]] + [a["label"] for a in arms]
 
 
 def _chart_metrics(report: dict) -> list[tuple[str, str]]:
@@ -85,32 +102,24 @@ def render_markdown(report: dict) -> str:
     out = [
         f"# {_verdict(report)}",
         "",
+        *([f"**To decide:** {_md_cell(g['decide'])}", ""] if g.get("decide") else []),
+        *[f"> warning: {_md_cell(w)}\n" for w in report.get("warnings") or []],
         f"Compared {report['created_at']} with {report['backend']}, "
         f"options `{json.dumps(report['options'], sort_keys=True)}`.",
         "",
     ]
     out += [
-        "## Scores per tag (points, 0-100)",
+        "## Scores per tag (points, 0-100; [interval] where measured)",
         "",
         "| tag | " + " | ".join(lbl for _, lbl in TABLE_COLUMNS) + " |",
         "|---" * (len(TABLE_COLUMNS) + 1) + "|",
     ]
     for tag, agg in report["aggregates"].items():
         out.append(
-            f"| {_md_cell(tag)} | " + " | ".join(fmt(agg.get(k)) for k, _ in TABLE_COLUMNS) + " |"
+            f"| {_md_cell(tag)} | " + " | ".join(_with_interval(agg, k) for k, _ in TABLE_COLUMNS) + " |"
         )
-    out += [
-        "",
-        f"## Gate: {g['candidate']} ({g['version']})",
-        "",
-        "| check | value | threshold | result | reason |",
-        "|---|---|---|---|---|",
-    ]
-    for c in g["checks"]:
-        out.append(
-            f"| {c['label']} | {fmt(c['value'])} | {fmt(c['threshold'])} | {_mark(c['passed'])} | {_md_cell(c['reason'])} |"
-        )
-    out += ["", "## Answers", ""]
+    note = retrieval_note(report)
+    out += [*(["", note] if note else []), "", *report_gate.markdown_section(report, _md_cell), "", "## Answers", ""]
     by_key = {(a["tag"], a["question_id"]): a for a in report["answers"]}
     for q in report["questions"]:
         out += [
@@ -128,11 +137,11 @@ def render_markdown(report: dict) -> str:
             "| tag | answer | accuracy | detail | relevance | grounding |",
             "|---|---|---|---|---|---|",
         ]
-        for c in report["candidates"]:
-            a = by_key[(c["tag"], q["id"])]
+        for tag in answer_tags(report):
+            a = by_key[(tag, q["id"])]
             s = a["scores"]
             out.append(
-                f"| {_md_cell(c['tag'])} | {_md_cell(a['answer'])} | {fmt(s['accuracy'])} | {fmt(s['detail'])} "
+                f"| {_md_cell(tag)} | {_md_cell(a['answer'])} | {fmt(s['accuracy'])} | {fmt(s['detail'])} "
                 f"| {fmt(s['relevance'])} | {fmt(s['grounding'])} |"
             )
         out.append("")
@@ -145,7 +154,12 @@ _CSS = """
 *{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#f6f8fa}
 main{max-width:1400px;margin:0 auto;padding:0 24px 48px}
 .banner{padding:22px 32px;color:#fff;display:flex;align-items:center;gap:32px}
-.banner.pass{background:#1a7f37}.banner.fail{background:#cf222e}
+.banner.pass{background:#1a7f37}.banner.fail{background:#cf222e}.banner.inconclusive{background:#9a6700}
+.banner .decide{font-size:16px;margin-top:8px;font-weight:600}.banner.inconclusive .verdict{font-size:52px;letter-spacing:2px}
+td.num{white-space:nowrap}
+.open{color:#9a6700;font-weight:700}.ci{display:block;color:#59636e;font-size:12px;white-space:nowrap}
+.method{color:#3d444d;font-size:13px;margin:8px 0 0}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:8px 14px;margin-top:14px}.warn ul{margin:4px 0 0;padding-left:20px}
 .verdict{font-size:76px;font-weight:800;letter-spacing:4px;line-height:1}
 .banner .who{font-size:22px;font-weight:600}.banner .why{font-size:18px;margin-top:6px}
 .banner ul{margin:6px 0 0;padding-left:20px;font-size:15px}
@@ -174,17 +188,13 @@ def _level(key: str, v: float | None) -> str:
     return "hi" if v >= 80 else "mid" if v >= 40 else "lo"
 
 
-def _banner(report: dict) -> str:
-    g = report["gate"]
-    state = "pass" if g["passed"] else "fail"
-    who = escape(g["candidate"]) + (f" vs parent {escape(g['parent'])}" if g["parent"] else "")
-    failed = [c for c in g["checks"] if c["passed"] is False]
-    items = "".join(f"<li>{escape(c['reason'])}</li>" for c in failed[1:])
-    return (
-        f'<header class="banner {state}"><div class="verdict">{state.upper()}</div><div>'
-        f'<div class="who">{who}</div><div class="why">{escape(g["reason"])}</div>'
-        f"{f'<ul>{items}</ul>' if items else ''}</div></header>"
-    )
+def _error_bar(iv: dict | None, x: float, top: float, plot_h: float) -> str:
+    """Whiskers from the interval's low to high on a 0..100 bar chart."""
+    if not iv:
+        return ""
+    y_lo, y_hi = (top + plot_h * (1 - max(0.0, min(100.0, v)) / 100) for v in (iv["low"], iv["high"]))
+    return (f'<path d="M{x:.1f} {y_lo:.1f}V{y_hi:.1f}M{x - 4:.1f} {y_lo:.1f}h8M{x - 4:.1f} {y_hi:.1f}h8" '
+            f'stroke="#1f2328" stroke-width="1.5" fill="none"/>')
 
 
 def _svg_chart(report: dict) -> str:
@@ -206,16 +216,20 @@ def _svg_chart(report: dict) -> str:
         x0 = left + m * group + group * 0.1
         for t, tag in enumerate(tags):
             v, x = report["aggregates"][tag].get(key), x0 + t * bar
+            iv = (report["aggregates"][tag].get("intervals") or {}).get(key)
             if v is None:
                 parts.append(
                     f'<text x="{x + bar / 2:.1f}" y="{top + plot_h - 4}" font-size="10" text-anchor="middle" fill="#8c959f">n/a</text>'
                 )
                 continue
             h = plot_h * max(0.0, min(100.0, v)) / 100
+            ci = report_gate.interval(iv)
+            label_y = top + plot_h * (1 - max(0.0, min(100.0, iv["high"] if iv else v)) / 100) - 4
             parts.append(
                 f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="{COLORS[t % len(COLORS)]}">'
-                f"<title>{escape(tag)} {label}: {v:.1f}</title></rect>"
-                f'<text x="{x + bar / 2 - 1:.1f}" y="{top + plot_h - h - 4:.1f}" font-size="11" text-anchor="middle">{v:.0f}</text>'
+                f"<title>{escape(tag)} {label}: {v:.1f}{' ' + ci if ci else ''}</title></rect>"
+                + _error_bar(iv, x + bar / 2 - 1, top, plot_h)
+                + f'<text x="{x + bar / 2 - 1:.1f}" y="{max(12.0, label_y):.1f}" font-size="11" text-anchor="middle">{v:.0f}</text>'
             )
         parts.append(
             f'<text x="{left + (m + 0.5) * group:.1f}" y="{height - 14}" font-size="13" text-anchor="middle">{label}</text>'
@@ -234,25 +248,14 @@ def _aggregates_table(report: dict) -> str:
     rows = []
     for t, (tag, agg) in enumerate(report["aggregates"].items()):
         sw = f'<span class="swatch" style="background:{COLORS[t % len(COLORS)]}"></span>'
-        cells = "".join(f'<td class="num">{fmt(agg.get(k))}</td>' for k, _ in TABLE_COLUMNS)
+        cells = "".join(f'<td class="num">{fmt(agg.get(k))}{_ci_html(agg, k)}</td>' for k, _ in TABLE_COLUMNS)
         rows.append(f"<tr><th>{sw}{escape(tag)}</th>{cells}</tr>")
     return f"<table><tr><th>tag</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _checks_table(report: dict) -> str:
-    rows = []
-    for c in report["gate"]["checks"]:
-        cls = {True: "ok", False: "bad", None: "na"}[c["passed"]]
-        rows.append(
-            f'<tr><td>{escape(c["label"])}</td><td class="num">{escape(fmt(c["value"]))}</td>'
-            f'<td class="num">{escape(fmt(c["threshold"]))}</td><td class="{cls}">{_mark(c["passed"])}</td>'
-            f"<td>{escape(c['reason'])}</td></tr>"
-        )
-    return (
-        "<table><tr><th>check</th><th>value</th><th>threshold</th><th>result</th><th>reason</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+def _ci_html(agg: dict, key: str) -> str:
+    ci = report_gate.interval((agg.get("intervals") or {}).get(key))
+    return f'<span class="ci">{escape(ci)}</span>' if ci and agg.get(key) is not None else ""
 
 
 def _question_cell(q: dict) -> str:
@@ -288,12 +291,15 @@ def _answer_cell(q: dict, a: dict) -> str:
             )
             + "</div>"
         )
+    if a.get("retrieved") is not None:
+        ids = ", ".join(escape(p["id"]) for p in a["retrieved"]) or "none"
+        facts += f'<div class="facts">retrieved: {ids}</div>'
     return f'<td><div class="ans">{escape(a["answer"]) or "<i>(empty answer)</i>"}</div><div class="scores">{chips}</div>{facts}</td>'
 
 
 def _answers_table(report: dict) -> str:
     by_key = {(a["tag"], a["question_id"]): a for a in report["answers"]}
-    tags = [c["tag"] for c in report["candidates"]]
+    tags = answer_tags(report)
     head = "".join(f"<th>{escape(t)}</th>" for t in tags)
     rows = [
         f"<tr>{_question_cell(q)}{''.join(_answer_cell(q, by_key[(t, q['id'])]) for t in tags)}</tr>"
@@ -309,20 +315,24 @@ def render_html(report: dict) -> str:
         f"{escape(report['created_at'])} &middot; backend {escape(report['backend'])} &middot; {escape(opts)} "
         f"&middot; {len(report['questions'])} questions &times; {len(report['candidates'])} tags"
     )
-    title = f"{'PASS' if g['passed'] else 'FAIL'} {g['candidate']} - loraship compare"
+    title = f"{report_gate.verdict(g)} {g['candidate']} - loraship compare"
     return "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
-            _banner(report),
+            report_gate.banner_html(report),
             f'<main><p class="meta">{meta}</p>',
+            report_gate.warnings_html(report),
             "<h2>Gate checks</h2>",
-            _checks_table(report),
-            "<h2>Scores per tag (points, 0&ndash;100)</h2>",
+            report_gate.interval_svg(report),
+            report_gate.method_html(report),
+            report_gate.checks_table_html(report),
+            "<h2>Scores per tag (points, 0&ndash;100; whiskers: the interval)</h2>",
             _svg_chart(report),
             _aggregates_table(report),
+            f'<p class="meta">{escape(retrieval_note(report))}</p>' if report.get("retrieval") else "",
             "<h2>Every answer</h2>",
             _answers_table(report),
             "</main></body></html>",

@@ -27,6 +27,8 @@ short English stopword list.
 - retention (per candidate): old-knowledge accuracy relative to the parent's,
   100 * candidate_old / parent_old, capped at 100 (gains on old knowledge do not make up
   for anything); 100 when the parent scored 0 (nothing to lose); None without a parent.
+
+The gate that reads these scores, with intervals, is evaluate/gate.py.
 """
 
 from __future__ import annotations
@@ -36,14 +38,9 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict
 from typing import Any, Protocol
 
 import numpy as np
-
-from loraship.config import GateConfig
-from loraship.evaluate.candidate import Candidate
-from loraship.paths import parse_version_id
 
 RULES_VERSION = 1
 TOP_K = 3
@@ -254,131 +251,4 @@ def aggregate(scored: list[tuple[QuestionLike, dict[str, Any]]]) -> dict[str, An
         "n_new": sum(q.knowledge == "new" for q, _ in scored),
         "n_old": sum(q.knowledge == "old" for q, _ in scored),
         "n_grounded": sum(bool(q.sources) for q, _ in scored),
-    }
-
-
-# ---------------------------------------------------------------- gate
-# The verdict lives beside the scores it reads: one module owns what a number means.
-
-
-def _by_version(candidates: list[Candidate]) -> dict[str, Candidate]:
-    return {c.version: c for c in candidates}
-
-
-def add_parent_deltas(candidates: list[Candidate], per_tag: dict[str, dict]) -> None:
-    """Gain, loss and retention of each candidate against its parent, when both were compared."""
-    versions = _by_version(candidates)
-    for c in candidates:
-        agg = per_tag[c.tag]
-        p = versions.get(c.parent) if c.parent else None
-        pa = per_tag[p.tag] if p else None
-        agg["parent_tag"] = p.tag if p else None
-        agg["new_gain"] = _diff(agg["accuracy_new"], pa and pa["accuracy_new"])
-        agg["old_loss"] = _diff(pa and pa["accuracy_old"], agg["accuracy_old"])
-        r = retention(agg["accuracy_old"], pa["accuracy_old"]) if pa else None
-        agg["retention"] = None if r is None else round(r, 2)
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else round(a - b, 2)
-
-
-def _check(
-    name: str, label: str, value: Any, threshold: Any, passed: bool | None, reason: str
-) -> dict:
-    return {
-        "name": name,
-        "label": label,
-        "value": value,
-        "threshold": threshold,
-        "passed": passed,
-        "reason": reason,
-    }
-
-
-def _not_measured(name: str, label: str, threshold: float, has_parent: bool, knowledge: str) -> dict:
-    why = ("no parent compared" if not has_parent
-           else f"no question has knowledge: {knowledge}; add some to the question set")
-    return _check(name, label, None, threshold, False, f"not measured: {why}")
-
-
-def _gain_check(agg: dict, gate: GateConfig, has_parent: bool) -> dict:
-    label, v = "new-knowledge accuracy gain over the parent", agg["new_gain"]
-    if not has_parent or v is None:
-        return _not_measured("new_gain", label, gate.min_new_gain, has_parent, "new")
-    ok = v >= gate.min_new_gain
-    why = f"new-knowledge accuracy {v:+.2f} points over the parent, {'at least' if ok else 'below'} the required +{gate.min_new_gain:g}"
-    return _check("new_gain", label, v, gate.min_new_gain, ok, why)
-
-
-def _loss_check(agg: dict, gate: GateConfig, has_parent: bool) -> dict:
-    label, v = "old-knowledge accuracy lost against the parent", agg["old_loss"]
-    if not has_parent or v is None:
-        return _not_measured("old_loss", label, gate.max_old_loss, has_parent, "old")
-    ok = v <= gate.max_old_loss
-    if v <= 0:
-        why = f"old-knowledge accuracy did not drop ({-v:+.2f} points)"
-    else:
-        why = f"old-knowledge accuracy dropped {v:.2f} points, {'within' if ok else 'more than'} the allowed {gate.max_old_loss:g}"
-    return _check("old_loss", label, v, gate.max_old_loss, ok, why)
-
-
-def _grounding_check(agg: dict, gate: GateConfig) -> dict:
-    label, threshold = (
-        "mean grounding where questions cite sources",
-        round(gate.min_grounding * 100, 2),
-    )
-    v = agg["grounding"]
-    if not agg["n_grounded"] or v is None:
-        return _check(
-            "grounding", label, None, threshold, None, "not applicable: no question cites sources"
-        )
-    ok = v >= threshold
-    why = f"answers cite {v:.1f}% of their sources (grounding), {'at least' if ok else 'below'} the required {threshold:g}%"
-    return _check("grounding", label, v, threshold, ok, why)
-
-
-def judge(candidates: list[Candidate], per_tag: dict[str, dict], gate: GateConfig) -> dict:
-    """The verdict for the newest candidate (highest version number) against its parent."""
-    newest = max(candidates, key=lambda c: parse_version_id(c.version))
-    parent = _by_version(candidates).get(newest.parent) if newest.parent else None
-    agg = per_tag[newest.tag]
-    if parent:
-        first = _check(
-            "parent_compared",
-            "parent compared",
-            parent.tag,
-            None,
-            True,
-            f"measured against {parent.tag}",
-        )
-    else:
-        wanted = (
-            f"its parent {newest.parent} is not among the candidates"
-            if newest.parent
-            else "it has no parent"
-        )
-        first = _check(
-            "parent_compared",
-            "parent compared",
-            None,
-            None,
-            False,
-            f"no parent compared: {wanted}; a candidate must be measured against something",
-        )
-    checks = [
-        first,
-        _gain_check(agg, gate, bool(parent)),
-        _loss_check(agg, gate, bool(parent)),
-        _grounding_check(agg, gate),
-    ]
-    failed = [c for c in checks if c["passed"] is False]
-    return {
-        "candidate": newest.tag,
-        "version": newest.version,
-        "parent": parent.tag if parent else None,
-        "passed": not failed,
-        "reason": failed[0]["reason"] if failed else "all checks passed",
-        "checks": checks,
-        "thresholds": asdict(gate),
     }

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from loraship.errors import ExportError
-from loraship.export import toolchain
+from loraship.export import llama_runtime, toolchain
 
 GGUF_MAGIC = b"GGUF"
 
 
 def ftype_for(quant: str) -> int:
     """llama.cpp's own list of file types is the list of valid --quant names."""
-    import llama_cpp
+    llama_cpp = llama_runtime.llama_cpp()
 
     value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}", None)
     if value is None:
@@ -27,7 +27,8 @@ def ftype_for(quant: str) -> int:
     return int(value)
 
 
-def convert(hf_dir: Path, out: Path, outtype: str, metadata: dict[str, Any], log: Callable[[str], None]) -> None:
+def convert(hf_dir: Path, out: Path, outtype: str, metadata: dict[str, Any], log: Callable[[str], None],
+            log_file: Path | None = None) -> None:
     meta_file = out.parent / (out.name + ".metadata.json")
     meta_file.write_text(json.dumps(metadata), encoding="utf-8")
     try:
@@ -35,23 +36,35 @@ def convert(hf_dir: Path, out: Path, outtype: str, metadata: dict[str, Any], log
             "convert_hf_to_gguf.py",
             [str(hf_dir), "--outfile", str(out), "--outtype", outtype, "--metadata", str(meta_file)],
             log,
+            log_file,
         )
     finally:
         meta_file.unlink(missing_ok=True)
     check_magic(out)
 
 
-def quantize(src: Path, out: Path, quant: str, threads: int = 0) -> None:
-    import llama_cpp
+def quantize(src: Path, out: Path, quant: str, threads: int = 0, log_file: Path | None = None) -> int:
+    """Quantize with llama.cpp; returns how many tensors fell back to another type.
+
+    llama.cpp notes each fallback (rows not divisible by the quant's block size) on its
+    console; with `log_file` those notes go there and are counted.
+    """
+    llama_cpp = llama_runtime.llama_cpp()
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype_for(quant)
     if threads:
         params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+    log_file = log_file or out.with_name(out.name + ".log")
+    start = log_file.stat().st_size if log_file.exists() else 0
+    with llama_runtime.output_to(log_file):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     if rc != 0 or not out.exists():
-        raise ExportError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc})")
+        raise ExportError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}; its log: {log_file})")
     check_magic(out)
+    with open(log_file, encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        return sum(1 for line in f if "fallback" in line)
 
 
 def check_magic(path: Path) -> None:

@@ -24,6 +24,7 @@ from loraship.store.versions import Version, get
 
 Log = Callable[[str], None]
 MERGED_DIR = "merged"
+EXPORT_LOG = "export.log"  # llama.cpp's converter and quantizer output, appended per export
 
 
 def _adapters(version: Version, train: dict) -> list[Path]:
@@ -109,14 +110,19 @@ def _build(cfg: Config, version: Version, train: dict, quants: list[str], work: 
     ref_name = paths.gguf_name(version.model, version.id, cfg.export.outtype.upper())
     gguf_dir = work / paths.GGUF_DIR
     gguf_dir.mkdir()
-    log(f"converting to GGUF ({cfg.export.outtype}) with llama.cpp")
-    gguf_tools.convert(merged, gguf_dir / ref_name, cfg.export.outtype, _gguf_metadata(version, train, cfg), log)
+    console_log = version.path / EXPORT_LOG  # llama.cpp's own output, kept out of the console
+    log(f"converting to GGUF ({cfg.export.outtype}) with llama.cpp (its output: {console_log})")
+    gguf_tools.convert(merged, gguf_dir / ref_name, cfg.export.outtype, _gguf_metadata(version, train, cfg), log,
+                       console_log)
     t_convert = time.time() - t0 - t_merge
     outputs = {}
     for q in quants:
         name = paths.gguf_name(version.model, version.id, q.upper())
-        log(f"quantizing to {q} with llama.cpp")
-        gguf_tools.quantize(gguf_dir / ref_name, gguf_dir / name, q, threads=os.cpu_count() or 1)
+        fallbacks = gguf_tools.quantize(gguf_dir / ref_name, gguf_dir / name, q, threads=os.cpu_count() or 1,
+                                        log_file=console_log)
+        mix = gguf_tools.describe(gguf_dir / name)["type_mix"]
+        log(f"quantized to {q}: {sum(mix.values())} tensors ({', '.join(f'{t} {n}' for t, n in mix.items())}); "
+            f"{fallbacks} fell back to another type (rows not divisible by its block size; see {EXPORT_LOG})")
         outputs[q.upper()] = name
     t_quant = time.time() - t0 - t_merge - t_convert
     checks = _verify(merged, gguf_dir, ref_name, outputs, version, log)
@@ -141,7 +147,7 @@ def _lora_gguf(version: Version, train: dict, work: Path, log: Log) -> str:
     log("converting the adapter alone to a GGUF LoRA")
     toolchain.run_converter("convert_lora_to_gguf.py", [
         str(version.path / paths.ADAPTER_DIR), "--base", train["base"]["path"],
-        "--outfile", str(work / paths.GGUF_DIR / name), "--outtype", "f16"], log)
+        "--outfile", str(work / paths.GGUF_DIR / name), "--outtype", "f16"], log, version.path / EXPORT_LOG)
     gguf_tools.check_magic(work / paths.GGUF_DIR / name)
     return f"{paths.GGUF_DIR}/{name}"
 

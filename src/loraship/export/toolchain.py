@@ -108,7 +108,8 @@ def require_converter() -> Path:
     return converter_dir()
 
 
-def run_converter(script: str, args: list[str], log: Callable[[str], None] = lambda s: None) -> None:
+def run_converter(script: str, args: list[str], log: Callable[[str], None] = lambda s: None,
+                  log_file: Path | None = None) -> None:
     """Run convert_hf_to_gguf.py / convert_lora_to_gguf.py with the matching gguf-py first on the path."""
     root = require_converter()
     env = dict(os.environ)
@@ -116,8 +117,12 @@ def run_converter(script: str, args: list[str], log: Callable[[str], None] = lam
     # The converter puts its own gguf-py on sys.path unless NO_LOCAL_GGUF is set.
     env.pop("NO_LOCAL_GGUF", None)
     proc = subprocess.run([sys.executable, str(root / script), *args], env=env, capture_output=True, text=True)
-    for line in (proc.stderr or "").splitlines()[-5:]:
-        log(line)
+    if log_file is not None:  # the converter's chatter belongs in the version's log
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(f"$ {script} {' '.join(args)}\n{proc.stdout or ''}{proc.stderr or ''}")
+    else:
+        for line in (proc.stderr or "").splitlines()[-5:]:
+            log(line)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit code {proc.returncode}"

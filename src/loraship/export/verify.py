@@ -8,6 +8,7 @@ from typing import Any
 
 from loraship import paths
 from loraship.errors import ExportError
+from loraship.export import llama_runtime
 from loraship.store import atomic
 from loraship.store.hashing import artifact_record
 
@@ -38,7 +39,7 @@ def _special_probes(tok: Any) -> list[str]:
 
 def tokenizer_parity(tok: Any, gguf_path: Path, extra_texts: list[str]) -> dict[str, Any]:
     """HF tokenizer and the GGUF's tokenizer give the same ids on every probe."""
-    import llama_cpp
+    llama_cpp = llama_runtime.llama_cpp()
 
     llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     try:
@@ -84,8 +85,9 @@ def _logprobs(llm: Any, tokens: list[int]):
 
 def quant_quality(ref_gguf: Path, quant_gguf: Path, texts: list[str], n_ctx: int = 512) -> dict[str, Any]:
     """llama.cpp's own method: KL(ref || quant) per token, top-1 agreement, and perplexity of both."""
-    import llama_cpp
     import numpy as np
+
+    llama_cpp = llama_runtime.llama_cpp()
 
     ref = llama_cpp.Llama(model_path=str(ref_gguf), n_ctx=n_ctx, logits_all=True, verbose=False)
     qnt = llama_cpp.Llama(model_path=str(quant_gguf), n_ctx=n_ctx, logits_all=True, verbose=False)

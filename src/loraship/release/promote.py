@@ -3,20 +3,19 @@
 The gate covers a digest, not a name: a version may be promoted only while the server
 serves the very manifest that was compared. Every move is copied on the server, read
 back, and appended to runs/<model>/audit.jsonl; that log is also where rollback finds
-the previously promoted version.
+the previously promoted version. With publish.registry configured, the alias is also
+re-pushed to the registry (release/publish.py); the registry must answer before anything moves.
 """
 
 from __future__ import annotations
 
-import getpass
-import json
-import os
 import re
+from collections.abc import Callable
 from typing import Any
 
-from loraship import paths
 from loraship.config import Config
 from loraship.errors import GateError, VersionError
+from loraship.release import audit
 from loraship.serve.ollama_client import (
     call,
     client,
@@ -25,7 +24,7 @@ from loraship.serve.ollama_client import (
     served_digests,
     short,
 )
-from loraship.store import atomic, manifest, versions
+from loraship.store import manifest, versions
 from loraship.store.hashing import sha256_file
 from loraship.store.versions import Version
 
@@ -40,37 +39,14 @@ def _validate_alias(alias: str) -> str:
     return alias
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a container user with no passwd entry and no USER
-        return f"uid {os.getuid()}"
+# The audit log lives in release/audit.py; these names stay importable from here.
+_user = audit.user
+audit_entries = audit.entries
+aliases = audit.aliases
+_GERUND = {"promote": "promoting", "publish": "publishing"}
 
 
-def audit_entries(model: str) -> list[dict[str, Any]]:
-    path = paths.audit_log(model)
-    if not path.exists():
-        return []
-    entries = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise VersionError(f"{path} line {n} is not valid JSON ({e.msg}): repair or remove that line") from None
-    return entries
-
-
-def aliases(model: str) -> dict[str, str]:
-    """alias → version id, as the audit log leaves them."""
-    out: dict[str, str] = {}
-    for e in audit_entries(model):
-        out[e["alias"]] = e["version"]
-    return out
-
-
-def _passed_gate(version: Version, served: str | None, host: str) -> str:
+def _passed_gate(version: Version, served: str | None, host: str, action: str = "promote") -> str:
     """The report sha256 of a passed comparison of the digest served now; else GateError."""
     cmp = version.stage("compare")
     tag = f"{version.model}:{version.id}"
@@ -79,12 +55,16 @@ def _passed_gate(version: Version, served: str | None, host: str) -> str:
         pair = f"{version.model}:{parent} {tag}" if parent else tag
         raise GateError(f"{tag} has no comparison: run `loraship compare {pair}` first")
     again = f"`loraship compare {' '.join(cmp.get('tags') or [tag])}`"
-    if not cmp.get("gate", {}).get("passed"):
-        raise GateError(f"{tag}'s gate failed ({cmp['gate'].get('reason', 'see its report')}): promote refuses; "
+    gate = cmp.get("gate") or {}
+    verdict = gate.get("verdict") or ("PASS" if gate.get("passed") else "FAIL")  # older records: no verdict
+    if verdict != "PASS" or not gate.get("passed"):  # only PASS promotes; INCONCLUSIVE is no evidence
+        what = "was inconclusive" if verdict == "INCONCLUSIVE" else "failed"
+        more = f"; {gate['decide']}" if gate.get("decide") else ""
+        raise GateError(f"{tag}'s gate {what} ({gate.get('reason', 'see its report')}{more}): {action} refuses; "
                         "--force --reason '...' records an override")
     if not same_digest(cmp.get("digest"), served):
         raise GateError(f"{tag} was compared at digest {short(cmp.get('digest'))} but {host} serves "
-                        f"{short(served)}: run {again} again before promoting")
+                        f"{short(served)}: run {again} again before {_GERUND[action]}")
     report = version.path / cmp["report"]
     if not report.exists() or sha256_file(report) != cmp["report_sha256"]:
         raise GateError(f"{report} changed or vanished since the comparison: run {again} again")
@@ -118,13 +98,30 @@ def _move(host: str, c: Any, served: dict[str, str], version: Version, alias: st
     entry = {"time": manifest.now_iso(), "user": _user(), "host": host, "action": action, "alias": alias,
              "tag": dest, "version": version.id, "from_version": aliases(version.model).get(alias),
              "from_digest": before, "to_digest": after, **extra}
-    atomic.append_line(paths.audit_log(version.model), json.dumps(entry, sort_keys=True))
+    audit.append(version.model, entry)
     return entry
 
 
+def gate_or_override(version: Version, served: str | None, host: str, force: bool, reason: str | None,
+                     action: str = "promote") -> dict[str, Any]:
+    """The audit fields of a passed gate, or of a --force --reason override of a gate that did not pass."""
+    extra: dict[str, Any] = {"forced": force}
+    try:
+        extra["report_sha256"] = _passed_gate(version, served, host, action)
+    except GateError as e:
+        if not force:
+            raise
+        extra.update(override_reason=reason, overridden=str(e),
+                     report_sha256=(version.stage("compare") or {}).get("report_sha256"))
+    return extra
+
+
 def promote(cfg: Config, version: Version, alias: str = "latest", *, force: bool = False,
-            reason: str | None = None) -> dict[str, Any]:
+            reason: str | None = None, log: Callable[[str], None] = lambda s: None,
+            progress: Callable[[int, int], None] = lambda a, b: None) -> dict[str, Any]:
     """Point `<model>:<alias>` at the version if its gate passed at the served digest (or --force --reason)."""
+    from loraship.release import publish
+
     _validate_alias(alias)
     reason = (reason or "").strip() or None
     if force and not reason:
@@ -133,15 +130,10 @@ def promote(cfg: Config, version: Version, alias: str = "latest", *, force: bool
     c = client(host, cfg.ollama.timeout_s)
     served = served_digests(host, c)
     _check_served(version, served, host)  # no override: a forced promotion still ships what was registered
-    extra: dict[str, Any] = {"forced": force}
-    try:
-        extra["report_sha256"] = _passed_gate(version, served.get(f"{version.model}:{version.id}"), host)
-    except GateError as e:
-        if not force:
-            raise
-        extra.update(override_reason=reason, overridden=str(e),
-                     report_sha256=(version.stage("compare") or {}).get("report_sha256"))
-    return _move(host, c, served, version, alias, "promote", extra)
+    extra = gate_or_override(version, served.get(f"{version.model}:{version.id}"), host, force, reason)
+    publish.preflight(cfg)
+    entry = _move(host, c, served, version, alias, "promote", extra)
+    return publish.repush_alias(cfg, version, alias, entry, log=log, progress=progress)
 
 
 def _promotion_stack(history: list[dict[str, Any]]) -> list[str]:
@@ -156,7 +148,7 @@ def _promotion_stack(history: list[dict[str, Any]]) -> list[str]:
 
 
 def _previous(model: str, alias: str) -> str:
-    history = [e for e in audit_entries(model) if e["alias"] == alias]
+    history = [e for e in audit.moves(model) if e["alias"] == alias]
     if not history:
         raise VersionError(f"{model}:{alias} was never promoted: nothing to roll back")
     stack = _promotion_stack(history)
@@ -166,15 +158,20 @@ def _previous(model: str, alias: str) -> str:
     return stack[-2]
 
 
-def rollback(cfg: Config, model: str, alias: str = "latest", to: str | None = None) -> dict[str, Any]:
+def rollback(cfg: Config, model: str, alias: str = "latest", to: str | None = None, *,
+             log: Callable[[str], None] = lambda s: None,
+             progress: Callable[[int, int], None] = lambda a, b: None) -> dict[str, Any]:
     """Point the alias back at the previously promoted version (or `to`); the next run trains on top of it."""
+    from loraship.release import publish
+
     _validate_alias(alias)
     target = versions.get(model, to or _previous(model, alias))
     host = resolve_host(cfg.ollama.host)
     c = client(host, cfg.ollama.timeout_s)
     report = (target.stage("compare") or {}).get("report_sha256")
+    publish.preflight(cfg)
     entry = _move(host, c, served_digests(host, c), target, alias, "rollback", {"report_sha256": report})
     state = versions.read_state(model)
     state["next_parent"] = target.id
     versions.write_state(model, state)
-    return entry
+    return publish.repush_alias(cfg, target, alias, entry, log=log, progress=progress)

@@ -14,7 +14,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from loraship.errors import ConfigError
 from loraship.serve import gotemplate
@@ -23,6 +23,11 @@ from loraship.serve.chat_templates import (  # noqa: F401  (re-exported: the Mod
     derive_chat_format,
     gguf_chat_metadata,
     resolve_chat_format,
+)
+from loraship.serve.names import (  # noqa: F401  (re-exported: names moved to serve/names.py)
+    OllamaName,
+    split_ollama_name,
+    validate_ollama_name,
 )
 
 # api.Options JSON names and their Go kinds, plus the deprecated ones parser.go still accepts.
@@ -43,63 +48,6 @@ MESSAGE_ROLES = ("system", "user", "assistant")
 
 _GGUF_PATH = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.?(?:/|$))[A-Za-z0-9_][A-Za-z0-9_./-]*\.gguf$")
 _INT = re.compile(r"^[+-]?[0-9]+$")
-
-
-# ------------------------------------------------------------------ names
-
-class OllamaName(NamedTuple):
-    host: str
-    namespace: str
-    model: str
-    tag: str
-
-    def __str__(self) -> str:
-        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-
-
-def _valid_part(kind: str, s: str) -> bool:
-    """types/model/name.go isValidPart."""
-    if not s or len(s) > (350 if kind == "host" else 80):
-        return False
-    if not (s[0].isascii() and (s[0].isalnum() or s[0] == "_")):
-        return False
-    extra = {"host": "_-.:", "namespace": "_-", "model": "_-.", "tag": "_-."}[kind]
-    return all(c.isascii() and (c.isalnum() or c in extra) for c in s[1:])
-
-
-def split_ollama_name(name: str) -> OllamaName:
-    """`[host/][namespace/]model[:tag]` with Ollama's defaults, or a one-line ConfigError."""
-    if not isinstance(name, str) or "@" in name:
-        raise ConfigError(f"Ollama name {name!r} is not valid: use [host/][namespace/]model[:tag]")
-    rest, tag = name, "latest"
-    if rest.rfind(":") > rest.rfind("/"):
-        rest, _, tag = rest.rpartition(":")
-    parts = rest.split("/")
-    if len(parts) > 3 and "://" not in rest:
-        parts = ["/".join(parts[:-2]), *parts[-2:]]
-    host, ns = "registry.ollama.ai", "library"
-    if len(parts) >= 3:
-        host = parts[-3].split("://", 1)[-1]
-    if len(parts) >= 2:
-        ns = parts[-2]
-    parsed = OllamaName(host, ns, parts[-1], tag)
-    for kind, value in zip(OllamaName._fields, parsed, strict=True):
-        if not _valid_part(kind, value):
-            raise ConfigError(
-                f"Ollama name {name!r} is not valid: the {kind} {value!r} must be 1-"
-                f"{350 if kind == 'host' else 80} characters, start with a letter, digit or '_'"
-                f" and use only letters, digits, {_allowed(kind)}")
-    return parsed
-
-
-def _allowed(kind: str) -> str:
-    return {"host": "'_', '-', '.', ':'", "namespace": "'_', '-'"}.get(kind, "'_', '-', '.'")
-
-
-def validate_ollama_name(name: str) -> str:
-    """Return `name` unchanged if Ollama accepts it; raise a one-line ConfigError otherwise."""
-    split_ollama_name(name)
-    return name
 
 
 # ------------------------------------------------------------------ quoting

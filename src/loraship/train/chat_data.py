@@ -10,6 +10,7 @@ from typing import Any
 class Encoded:
     input_ids: list[list[int]] = field(default_factory=list)
     labels: list[list[int]] = field(default_factory=list)
+    replay: list[bool] = field(default_factory=list)  # row replayed from an earlier version (origin)
     truncated: int = 0
     dropped_no_answer: int = 0
 
@@ -71,11 +72,52 @@ def encode_rows(tokenizer: Any, rows: list[dict], max_len: int, system: str | No
             continue
         out.input_ids.append(ids)
         out.labels.append(labels)
+        out.replay.append(row.get("origin") == "replay")
     return out
 
 
+def row_lengths(enc: Encoded) -> tuple[list[int], list[int]]:
+    """(tokens, label tokens) of each encoded row: what the memory estimate needs."""
+    return [len(i) for i in enc.input_ids], [sum(t != -100 for t in lab) for lab in enc.labels]
+
+
+class FlattenCollator:
+    """Padding-free batches: the rows laid end to end in one row, position_ids restarting per row.
+
+    Built on transformers' DataCollatorWithFlattening (5.17+): labels get -100 at each
+    row's first token, so no row learns to predict the next row's start; no attention_mask,
+    so the model finds the row boundaries from position_ids. `flash_kwargs` also hands flash
+    attention the boundaries directly (cu_seq_lens), sparing it a device sync per layer.
+    Rows with a `replay` flag give the same per-token `replay` mask as PadCollator.
+
+    The batch also says `use_cache=False`: models default to their config's use_cache
+    (True) even in training, and with a cache transformers skips the position_ids check
+    that keeps sdpa/eager attention inside each row (measured: rows then attend to the
+    rows before them). Training never reads the cache anyway.
+    """
+
+    def __init__(self, flash_kwargs: bool = False):
+        from transformers import DataCollatorWithFlattening
+
+        self._flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100,
+                                                   return_flash_attn_kwargs=flash_kwargs)
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        batch = self._flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        batch["use_cache"] = False
+        if "replay" in features[0]:
+            batch["replay"] = torch.tensor([bool(f["replay"]) for f in features for _ in f["input_ids"]])[None]
+        return batch
+
+
 class PadCollator:
-    """Dynamic padding to the longest row of the batch (not to max_seq_length)."""
+    """Dynamic padding to the longest row of the batch (not to max_seq_length).
+
+    Rows that carry a `replay` flag give the batch a per-token `replay` mask (True on
+    every token of a replayed row), which distillation reads (train/retention.py).
+    """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -92,4 +134,7 @@ class PadCollator:
             ids[i, :n] = torch.tensor(f["input_ids"])
             labels[i, :n] = torch.tensor(f["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if "replay" in features[0]:
+            batch["replay"] = mask.bool() & torch.tensor([bool(f["replay"]) for f in features])[:, None]
+        return batch

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from loraship.config import TrainConfig
+from loraship.errors import ConfigError
 
 _BANDS = (  # (max rows, lora_r, lora_alpha, epochs, max_seq_length)
     (99, 8, 16, 10, 512),
@@ -19,6 +20,11 @@ _BANDS = (  # (max rows, lora_r, lora_alpha, epochs, max_seq_length)
 )
 FIRST_LR = 2e-4
 INCREMENT_LR = 1e-4
+# Increment defaults: provisional until `make bench-forgetting` measures them.
+INCREMENT_METHOD = "replay"
+DISTILL_WEIGHT = 1.0
+L2_WEIGHT = 0.1
+INCREMENT_WHY = "the default increment method"
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -39,6 +45,7 @@ def choose(
     is_increment: bool,
     device: str,
     parent_lora: dict[str, Any] | None = None,
+    strategy: str = "continue",
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Return (values, reasons). `parent_lora` pins r/alpha/targets when continuing an adapter."""
     label, (_, r, alpha, epochs, seq) = _band(n_rows)
@@ -59,10 +66,17 @@ def choose(
         pick("lora_r", cfg.lora_r, r, f"{n_rows} training rows ({label})")
         pick("lora_alpha", cfg.lora_alpha, alpha, f"2 x rank for {label}")
         pick("target_modules", cfg.target_modules, None, "every attention and MLP projection the model has")
-    pick("num_train_epochs", cfg.num_train_epochs, epochs, f"{label}: small data needs more passes")
+    epochs_set = cfg.increment_epochs if is_increment and cfg.increment_epochs is not None else cfg.num_train_epochs
+    pick("num_train_epochs", epochs_set, epochs, f"{label}: small data needs more passes")
     pick("max_seq_length", cfg.max_seq_length, seq, f"{label}")
-    pick("learning_rate", cfg.learning_rate, INCREMENT_LR if is_increment else FIRST_LR,
+    lr_set = cfg.increment_learning_rate if is_increment and cfg.increment_learning_rate is not None else cfg.learning_rate
+    pick("learning_rate", lr_set, INCREMENT_LR if is_increment else FIRST_LR,
          "increment on a trained parent: lower rate keeps what it learned" if is_increment else "first version")
+    if is_increment:
+        for name, key in (("num_train_epochs", cfg.increment_epochs), ("learning_rate", cfg.increment_learning_rate)):
+            if key is not None:
+                reasons[name] = f"set in config as train.increment_{'epochs' if name == 'num_train_epochs' else name}"
+    _increment(cfg, values, reasons, is_increment, strategy)
     per_device = 8 if device == "cuda" else 4
     per_device = min(per_device, max(1, n_rows), cfg.effective_batch_size)
     pick("per_device_train_batch_size", cfg.per_device_train_batch_size, per_device,
@@ -81,13 +95,42 @@ def choose(
     return values, reasons
 
 
+def _increment(cfg: TrainConfig, values: dict[str, Any], reasons: dict[str, str], is_increment: bool,
+               strategy: str) -> None:
+    """increment_method and its weights: what holds an increment near its parent (train/retention.py)."""
+    from loraship.train import retention
+
+    for key in ("distill_weight", "l2_weight"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
+            raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(cfg, key)}")
+    if not is_increment:
+        values.update(increment_method=None, distill_weight=0.0, l2_weight=0.0)
+        for key in ("increment_method", "distill_weight", "l2_weight"):
+            reasons[key] = "first version: no parent to keep"
+        return
+    method = cfg.increment_method or INCREMENT_METHOD
+    retention.check_method(method, strategy)
+    values["increment_method"] = method
+    reasons["increment_method"] = "set in config" if cfg.increment_method else INCREMENT_WHY
+    distill, l2 = retention.uses(method)
+    for key, on, auto in (("distill_weight", distill, DISTILL_WEIGHT), ("l2_weight", l2, L2_WEIGHT)):
+        configured = getattr(cfg, key)
+        if configured is not None and configured > 0 and not on:
+            raise ConfigError(f"train.{key} is set but train.increment_method {method!r} does not use it: "
+                              f"choose a method with {key.split('_')[0]} (e.g. {key.split('_')[0]}) or drop the key")
+        if not on:
+            values[key], reasons[key] = 0.0, f"not used by increment_method {method}"
+        elif configured is not None:
+            values[key], reasons[key] = configured, "set in config or on the command line"
+        else:
+            values[key], reasons[key] = auto, f"default weight for {method} ({INCREMENT_WHY})"
+
+
 def resolve_targets(model: Any, wanted: list[str] | None) -> list[str]:
     """Projection names present in the model (Llama/Qwen/Mistral/Gemma share these)."""
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     targets = [t for t in (wanted or DEFAULT_TARGETS) if t in names]
     if not targets:
-        from loraship.errors import ConfigError
-
         raise ConfigError(
             f"none of the LoRA target modules {wanted or DEFAULT_TARGETS} exist in this model: "
             "set train.target_modules to its projection names"

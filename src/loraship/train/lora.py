@@ -24,9 +24,9 @@ from loraship.data import prepare as data
 from loraship.errors import VersionError
 from loraship.store import manifest
 from loraship.store.versions import Version, get
-from loraship.train import completion_loss, hparams
+from loraship.train import completion_loss, console, hparams, retention, speed
 from loraship.train import device as device_mod
-from loraship.train.chat_data import PadCollator, encode_rows
+from loraship.train.chat_data import encode_rows, row_lengths
 
 CHECKPOINTS = "checkpoints"
 LOSS_PNG = "loss_curve.png"
@@ -98,7 +98,8 @@ def _loss_curve_png(history: list[dict], out: Path) -> None:
 
 
 def train_version(
-    cfg: Config, version: Version, *, resume: bool = False, log: Progress = lambda s: None
+    cfg: Config, version: Version, *, resume: bool = False, log: Progress = lambda s: None,
+    progress: console.Progress | None = None,
 ) -> dict[str, Any]:
     """Train `version` (whose data stage is done). Returns the manifest's `stages.train` record.
 
@@ -120,7 +121,7 @@ def train_version(
             f"or delete {ckpt_dir} to start over"
         )
     started = time.time()
-    dev = device_mod.choose(cfg.train.device)
+    dev = device_mod.choose(cfg.train.device, cfg.train.dtype)
     base_path = base_model.resolve(cfg)
     fingerprint = base_model.fingerprint(base_path)
     parent, parent_stage = _parent_stage(version)
@@ -135,7 +136,7 @@ def train_version(
     val_rows = data.load_rows(data_dir / "val.jsonl")
     parent_lora = parent_stage["lora"] if (strategy == "continue" and parent_stage) else None
     hp, reasons = hparams.choose(cfg.train, len(train_rows), is_increment=parent is not None,
-                                 device=dev.device, parent_lora=parent_lora)
+                                 device=dev.device, parent_lora=parent_lora, strategy=strategy)
     log(f"device: {dev.reason}")
     for k in ("lora_r", "lora_alpha", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
               "gradient_accumulation_steps", "max_seq_length", "warmup_steps"):
@@ -154,9 +155,15 @@ def train_version(
     if hp["target_modules"] is None:
         hp["target_modules"] = hparams.resolve_targets(model, None)
     model, chain = _build_peft_model(cfg, version, strategy, model, parent, parent_stage, hp, log)
-    grad_ckpt = cfg.train.gradient_checkpointing if cfg.train.gradient_checkpointing is not None else dev.device == "cuda"
+    keeper = retention.for_version(model, hp, strategy, parent.path / paths.ADAPTER_DIR if parent else None)
+    fast = speed.plan(cfg.train, model, dev.device, dev.torch_dtype().itemsize, hp, *row_lengths(enc_train))
+    grad_ckpt = fast.checkpointing.enabled
+    log(f"  padding_free = {fast.padding_free}  ({fast.padding_free_reason})")
+    log(f"  gradient_checkpointing = {grad_ckpt}  ({fast.checkpointing.reason})")
+    log(f"  liger_kernel = {fast.liger}  ({fast.liger_reason})")
 
-    train_ds = [{"input_ids": i, "labels": lab} for i, lab in zip(enc_train.input_ids, enc_train.labels)]
+    train_ds = [{"input_ids": i, "labels": lab, "replay": r}
+                for i, lab, r in zip(enc_train.input_ids, enc_train.labels, enc_train.replay)]
     val_ds = [{"input_ids": i, "labels": lab} for i, lab in zip(enc_val.input_ids, enc_val.labels)]
     has_val = len(val_ds) > 0
     args = TrainingArguments(
@@ -169,7 +176,6 @@ def train_version(
         lr_scheduler_type=hp["lr_scheduler_type"],
         warmup_steps=hp["warmup_steps"],
         weight_decay=hp["weight_decay"],
-        logging_steps=1,
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch",
         save_total_limit=2,
@@ -189,18 +195,20 @@ def train_version(
         dataloader_num_workers=0,
         ddp_backend="gloo" if dev.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         ddp_find_unused_parameters=False,
-        disable_tqdm=False,
-        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,  # console.py draws the one bar
+        **fast.training_arguments(),  # logging_steps, tokens counted, Liger
         prediction_loss_only=True,  # evaluation needs the loss only; answer-only logits have no fixed shape
     )
     meter = _token_meter(TrainerCallback)
-    callbacks = [meter]
+    # After the meter, whose on_log adds tokens/s to the logs the console shows and keeps.
+    callbacks = [meter, console.console_callback(TrainerCallback, version.path / console.TRAIN_LOG, log, progress)]
     if has_val and cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = completion_loss.trainer_class(Trainer)(
+    trainer = completion_loss.trainer_class(Trainer, keeper)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if has_val else None,
-        data_collator=PadCollator(tok.pad_token_id), callbacks=callbacks,
+        data_collator=fast.collator(tok.pad_token_id), callbacks=callbacks,
     )
+    console.quiet_trainer(trainer)
     torch.manual_seed(hp["seed"])
     result = trainer.train(resume_from_checkpoint=True if resume and any(ckpt_dir.glob("checkpoint-*")) else None)
     if not is_main_process():
@@ -208,6 +216,8 @@ def train_version(
 
     tmp_adapter = version.path / f"{paths.TMP_PREFIX}{paths.ADAPTER_DIR}"
     shutil.rmtree(tmp_adapter, ignore_errors=True)
+    if keeper is not None:
+        keeper.detach(trainer.model)  # the parent's adapter is not part of this version
     trainer.model.save_pretrained(tmp_adapter, safe_serialization=True)
     tok.save_pretrained(tmp_adapter)
     history = trainer.state.log_history
@@ -223,8 +233,10 @@ def train_version(
         "base": fingerprint,
         "device": {"device": dev.device, "dtype": dev.dtype, "reason": dev.reason, "gradient_checkpointing": grad_ckpt,
                    "load_in_4bit": cfg.train.load_in_4bit, "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
+        "speed": fast.record(),  # padding-free, checkpointing estimate, Liger, logging interval, with reasons
         "hyperparameters": {k: v for k, v in hp.items()},
         "reasons": reasons,
+        "increment": retention.manifest_record(hp, reasons),
         "lora": {"lora_r": hp["lora_r"], "lora_alpha": hp["lora_alpha"], "target_modules": hp["target_modules"]},
         "system_prompt": cfg.ollama.system,
         "rows": {"train": len(train_ds), "val": len(val_ds), "truncated": enc_train.truncated + enc_val.truncated,
