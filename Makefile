@@ -141,7 +141,7 @@ test-system-packages: ## Install the Debian packages the tests drive (chromium, 
 	@bash build/system_packages.sh
 
 test-floor: $(FLOOR_VENV)/.installed ## Training, merge and export tests on the oldest supported releases ($(FLOOR_PINS))
-	$(FLOOR_VENV)/bin/pytest tests/train tests/export tests/test_e2e.py $(PYTEST_ARGS)
+	$(FLOOR_VENV)/bin/pytest tests/base tests/train tests/export tests/test_e2e.py $(PYTEST_ARGS)
 
 lint: setup lint-docker ## ruff + hadolint
 	$(VENV)/bin/ruff check src tests

@@ -32,7 +32,7 @@ def test_bench_gpu_dry_run_trains_every_arm_on_the_same_rows(tmp_path, tiny_base
     for arm in arms:
         assert train["tokens_per_s"][arm]["median"] > 0 and train["mfu"][arm]["median"] > 0
     assert result["matmul_params"] == 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)
-    assert set(train["tokens_per_s_ratio"]) == {"vs_plain", "vs_trl"}
+    assert set(train["tokens_per_s_ratio"]) == {"loraship_vs_plain", "loraship_vs_trl"}
     assert arms["loraship"]["speed"]["gradient_checkpointing"]["enabled"] is False
     assert "MFU median" in proc.stdout and str(out) in proc.stdout
 

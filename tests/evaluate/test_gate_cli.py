@@ -10,24 +10,12 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from helpers import TableBackend
 from loraship import pipeline
 from loraship.cli import EXIT_INCONCLUSIVE, cli
 from loraship.config import CompareConfig, GateConfig
 from loraship.evaluate import report as reports
 from loraship.evaluate.compare import Candidate, Question, run_compare
-
-
-class Scripted:
-    name = "scripted"
-
-    def __init__(self, answers):
-        self.answers = answers
-
-    def served_digest(self, c):
-        return None
-
-    def answer(self, c, messages, options):
-        return self.answers[c.tag][messages[-1]["content"]]
 
 
 def questions(n: int) -> list[Question]:
@@ -46,7 +34,7 @@ def fake_stage_compare(tmp_path, n: int, v2_new: int):
 
     def stage_compare(tags, cfg, **_):
         result = run_compare([Candidate("demo:v1", "v1"), Candidate("demo:v2", "v2", "v1")], qs,
-                             Scripted({"demo:v1": answers(0), "demo:v2": answers(v2_new)}),
+                             TableBackend({"demo:v1": answers(0), "demo:v2": answers(v2_new)}),
                              cfg.compare, cfg.gate, domain_corpus={}, system=None)
         return None, result, reports.write_reports(result, tmp_path / "compare")
 
@@ -85,5 +73,5 @@ def test_bad_gate_statistics_settings_are_one_line_errors():
         r = CliRunner().invoke(cli, ["compare", "demo:v1", "demo:v2", "--set", setting])
         assert r.exit_code == 2 and f"error: config key '{needle}'" in r.stderr
     with pytest.raises(Exception, match="gate.confidence"):
-        run_compare([Candidate("demo:v1", "v1")], questions(5), Scripted({}), CompareConfig(),
+        run_compare([Candidate("demo:v1", "v1")], questions(5), TableBackend({}), CompareConfig(),
                     GateConfig(confidence=1.5), domain_corpus={}, system=None)

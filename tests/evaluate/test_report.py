@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from helpers import TableBackend
 from loraship.config import CompareConfig, GateConfig
 from loraship.evaluate.compare import Candidate, Question, run_compare
 from loraship.evaluate.report import render_html, write_reports
@@ -30,17 +31,6 @@ QUESTIONS = [
 ]
 
 
-class TableBackend:
-    name = "table"
-
-    def __init__(self, answers):
-        self.answers = answers
-
-    def served_digest(self, c):
-        return None
-
-    def answer(self, c, messages, options):
-        return self.answers[c.tag][messages[-1]["content"]]
 
 
 def make_report(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli_run, error_line
+from helpers import TableBackend, cli_run, error_line
 from loraship.config import CompareConfig, GateConfig
 from loraship.data import feedback
 from loraship.errors import ConfigError
@@ -33,21 +33,13 @@ ANSWERS = {
 }
 
 
-class Scripted:
-    name = "scripted"
-
-    def served_digest(self, c):
-        return "sha256:" + "1" * 64
-
-    def answer(self, c, messages, options):
-        return ANSWERS[c.tag].get(messages[-1]["content"], "")
 
 
 @pytest.fixture
 def report_json(isolated_home) -> Path:
     """A real compare report, in the folder a version's reports live in."""
     cands = [Candidate("mining:v1", "v1"), Candidate("mining:v2", "v2", "v1")]
-    report = run_compare(cands, QS, Scripted(), CompareConfig(concurrency=1), GateConfig(), domain_corpus={},
+    report = run_compare(cands, QS, TableBackend(ANSWERS, digest="sha256:" + "1" * 64), CompareConfig(concurrency=1), GateConfig(), domain_corpus={},
                          system=None)
     out = isolated_home / "runs" / "mining" / "v2_20250101_120000" / "compare"
     return write_reports(report, out)["json"]

@@ -17,9 +17,16 @@ from loraship.errors import ConfigError
 
 
 def load_gguf_tokenizer(gguf: Path):
+    """The GGUF's tokenizer for transformers: byte-level BPE rebuilt from its fields (the same
+    on every transformers release), anything else through transformers' own conversion."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    from loraship.base import gguf_tokenizer
+
+    if gguf_tokenizer.tokenizer_model(gguf) == "gpt2":
+        tok = gguf_tokenizer.gpt2_tokenizer(gguf)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
