@@ -66,7 +66,7 @@ def _interval(values: list[float]) -> dict:
     return {"min": v[0], "median": v[len(v) // 2], "max": v[-1], "n": len(v)}
 
 
-def bench_train(spec: dict, repeats: int, arms: tuple[str, ...] = TRAIN_ARMS) -> dict:
+def bench_train(spec: dict, repeats: int, arms: tuple[str, ...] = TRAIN_ARMS, on_round=lambda rounds: None) -> dict:
     """Every arm on the same prepared rows, interleaved (arm order rotates each round) so
     drifting machine load hits all arms; ratios per round, then their min/median/max."""
     prepared = run_arm("train_prepare", spec)
@@ -82,6 +82,7 @@ def bench_train(spec: dict, repeats: int, arms: tuple[str, ...] = TRAIN_ARMS) ->
         ratios = {f"{a}_vs_{b}": _ratio(results[a]["tokens_per_s"], results[b]["tokens_per_s"])
                   for a in arms if a.startswith("loraship") for b in arms if b in BASELINES}
         rounds.append({"order": list(order), "arms": results, "tokens_per_s_ratio": ratios})
+        on_round(rounds)  # a partial result survives an interrupted run
     summary = {a: _interval([rd["arms"][a]["tokens_per_s"] for rd in rounds]) for a in arms}
     ratios = {k: _interval([rd["tokens_per_s_ratio"][k] for rd in rounds]) for k in rounds[0]["tokens_per_s_ratio"]}
     return {"train_rows": prepared["train_rows"], "rounds": rounds, "tokens_per_s": summary,
@@ -129,7 +130,7 @@ def main() -> None:
             "lr": bench_arms.LR, "rows_file": str(bench_arms.demo_rows_file(args.rows, work))}
     todo = args.only or ["train", "incr", "export", "compare"]
     result: dict = {"spec": spec, "machine": bench_arms.machine()}
-    for name, fn in (("train", lambda: bench_train(spec, args.repeats, tuple(args.train_arms))), ("incr", lambda: bench_incremental(spec)),
+    for name, fn in (("train", lambda: bench_train(spec, args.repeats, tuple(args.train_arms), partial(args.out, result))), ("incr", lambda: bench_incremental(spec)),
                      ("export", lambda: bench_export(spec)), ("compare", lambda: bench_compare(spec))):
         if name in todo:
             print(f"== {name}", file=sys.stderr, flush=True)
@@ -137,6 +138,14 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2))
     print(summary(result))
+
+
+def partial(out: Path, result: dict):
+    def write(rounds: list) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**result, "train_partial": {"rounds": rounds}}, indent=2))
+
+    return write
 
 
 def train_summary(t: dict) -> list[str]:

@@ -30,6 +30,7 @@ def test_defaults_and_overrides(tmp_path):
     ("bogus: 1\n", "unknown config key 'bogus'"),
     ("train: [1, 2]\n", "must be a mapping"),
     ("train:\n  lora_r: [\n", "not valid YAML"),
+    ("train:\n  load_best_epoch: false\n", "train.early_stopping_patience' needs train.load_best_epoch"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):
     with pytest.raises(ConfigError) as e:

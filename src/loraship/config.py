@@ -48,6 +48,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 42
     early_stopping_patience: int = 2
+    # Keep the epoch with the lowest val loss (else the last). Off for small fact sets, where the
+    # val loss of a few paraphrases can bottom out epochs before the facts are learned.
+    load_best_epoch: bool = True
     gradient_checkpointing: bool | None = None  # None: on only when the memory estimate says the batch does not fit (train/memory.py)
     load_in_4bit: bool = False  # QLoRA; CUDA with bitsandbytes only
     trust_remote_code: bool = False
@@ -252,6 +255,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.split' must be three non-negative fractions summing to 1, got {split}")
     if not 0.0 <= cfg.data.replay_ratio < 1.0:
         raise ConfigError(f"config key 'data.replay_ratio' must be in [0, 1), got {cfg.data.replay_ratio}")
+    if not cfg.train.load_best_epoch and cfg.train.early_stopping_patience > 0:
+        raise ConfigError("config key 'train.early_stopping_patience' needs train.load_best_epoch: true (early "
+                          "stopping goes back to the best epoch); set early_stopping_patience: 0 to keep the last epoch")
     for key in ("concurrency", "num_thread"):
         if getattr(cfg.compare, key) is not None and getattr(cfg.compare, key) < 1:
             raise ConfigError(f"config key 'compare.{key}' must be at least 1 (or null: chosen from the server)")

@@ -19,9 +19,13 @@ CPU2 = concurrency.Server(False, 2, "test")
 def test_a_cpu_only_server_answers_one_at_a_time():
     plan = concurrency.choose(None, None, CPU2, 2)
     assert plan.workers == 1 and plan.num_thread is None and "oversubscribe" in plan.reason
-    # llama.cpp in this process: the one answer gets every core (its own default is half)
-    local = concurrency.choose(None, None, concurrency.Server(False, 2, "t", serial_threads=2), 2)
-    assert (local.workers, local.num_thread) == (1, 2)
+    # llama.cpp in this process sets threads per model: two models split the two cores
+    local = concurrency.choose(None, None, concurrency.llamacpp_server(), 2)
+    cores = concurrency.llamacpp_server().cores
+    if cores >= 2:
+        assert (local.workers, local.num_thread) == (2, cores // 2)
+    one = concurrency.choose(None, None, concurrency.Server(False, 2, "t", serial_threads=2, split_cores=True), 1)
+    assert (one.workers, one.num_thread) == (1, 2)  # a single model gets every core
 
 
 def test_many_cores_or_a_gpu_pay_for_parallel_answers():

@@ -4,7 +4,10 @@ Measured against a real Ollama 0.24.0 on 2 CPU cores: 66 answers took 40 s with 
 requests at once and 26 s one at a time. A CPU runner already uses every core for one
 answer, so two models decoding together oversubscribe the cores and llama.cpp's spinning
 worker threads fight. So:
-  CPU only      one request at a time (each answer gets every core), unless the machine
+  llama.cpp     in this process: threads are ours to set, so the candidates' models run at
+                once with the cores split between them (decoding scales poorly with threads:
+                on 2 cores, 2 models x 1 thread gave 1.0 answers/s, 1 model x 2 threads 0.76).
+  CPU only      (Ollama) one request at a time (each answer gets every core), unless the machine
                 has enough cores for several models of CORES_PER_MODEL threads each; then
                 that many at once, each told num_thread = cores / workers so the runners
                 share the cores instead of each taking them all. Only a server whose cores
@@ -35,6 +38,7 @@ class Server:
     cores: int | None  # None: unknown (a remote server)
     source: str
     serial_threads: int | None = None  # threads for one answer at a time; None: the server's default
+    split_cores: bool = False  # threads are set per model here, so models at once can share the cores
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ def choose(configured_workers: int | None, configured_threads: int | None, serve
     if server.gpu is None and server.cores is None:
         return Plan(1, configured_threads, f"server resources unknown ({server.source}): one request at a time", rec)
     cores = server.cores or 0
+    if server.split_cores and cores >= 2 and n_candidates > 1:
+        workers = min(n_candidates, cores)
+        threads = configured_threads or cores // workers
+        return Plan(workers, threads, f"CPU only ({server.source}), {cores} cores: {workers} models at once, "
+                                      f"{threads} threads each (decoding gains little from more threads; measured "
+                                      "faster than one answer on all cores)", rec)
     workers = max(1, min(n_candidates, cores // CORES_PER_MODEL))
     if workers == 1:
         threads = configured_threads or server.serial_threads
@@ -90,9 +100,10 @@ def ollama_server(client: Any, host: str, tag: str) -> Server:
 def llamacpp_server() -> Server:
     """llama-cpp-python in this process, without GPU layers: this machine's CPU."""
     cores = os.cpu_count()
-    # llama-cpp-python's own default is half the cores (it assumes hyperthreads); one answer
-    # at a time gets them all (measured in `make bench`, compare section).
-    return Server(False, cores, "llama.cpp in this process, CPU", serial_threads=cores)
+    # Threads are set per model in this process, so several models split the cores without
+    # oversubscribing them (measured on 2 cores: 2 models x 1 thread 1.0 answers/s, one
+    # model x 2 threads 0.76; `make bench`, compare section).
+    return Server(False, cores, "llama.cpp in this process, CPU", serial_threads=cores, split_cores=True)
 
 
 def _loaded(client: Any) -> list:

@@ -179,7 +179,7 @@ def train_version(
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch",
         save_total_limit=2,
-        load_best_model_at_end=has_val,
+        load_best_model_at_end=has_val and cfg.train.load_best_epoch,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         seed=hp["seed"],
