@@ -54,12 +54,13 @@ L2_GRID = (0.01, 0.03, 0.1)
 
 def method_overrides(l2_weight: float) -> dict[str, dict]:
     """Each method's v2 config overrides (every weight explicit, so a cached cell says what it ran)."""
+    replay = {"train.increment_method": "replay"}  # explicit: the shipped default may change
     return {
-        "replay": {},
+        "replay": replay,
         "distill": {"train.increment_method": "distill", "train.distill_weight": DISTILL_WEIGHT},
-        "lr 1e-4": {"train.increment_learning_rate": 1e-4},
-        "lr 5e-4": {"train.increment_learning_rate": 5e-4},
-        "3 epochs": {"train.increment_epochs": 3},
+        "lr 1e-4": {**replay, "train.increment_learning_rate": 1e-4},
+        "lr 5e-4": {**replay, "train.increment_learning_rate": 5e-4},
+        "3 epochs": {**replay, "train.increment_epochs": 3},
         "l2": {"train.increment_method": "l2", "train.l2_weight": l2_weight},
         "distill+l2": {"train.increment_method": "distill+l2", "train.distill_weight": DISTILL_WEIGHT,
                        "train.l2_weight": l2_weight},

@@ -37,6 +37,41 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _is_complete_checkpoint(path: Path) -> bool:
+    """The Trainer writes trainer_state.json after the weights, optimizer and scheduler, so a
+    checkpoint without a readable one was cut off mid-write (Ctrl-C, a kill, a full disk)."""
+    import json
+
+    try:
+        return isinstance(json.loads((path / "trainer_state.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def resumable_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint in `ckpt_dir`, or None. Torn ones are not resumed from."""
+    found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) >= 0),
+                   key=_checkpoint_step, reverse=True)
+    return next((p for p in found if _is_complete_checkpoint(p)), None)
+
+
+def _discard_torn_checkpoints(ckpt_dir: Path, keep: Path | None, log: Progress) -> None:
+    """Checkpoints newer than the one resumed from are incomplete: the Trainer would pick the
+    newest folder (and fail on it) or rotate the good one away, so they go."""
+    floor = _checkpoint_step(keep) if keep else -1
+    for p in ckpt_dir.glob("checkpoint-*"):
+        if p.is_dir() and _checkpoint_step(p) > floor:
+            log(f"discarding {p.name}: written only in part when the run stopped")
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _parent_stage(version: Version) -> tuple[Version | None, dict | None]:
     parent_id = version.manifest.get("parent")
     if parent_id is None:
@@ -210,7 +245,13 @@ def train_version(
     )
     console.quiet_trainer(trainer)
     torch.manual_seed(hp["seed"])
-    result = trainer.train(resume_from_checkpoint=True if resume and any(ckpt_dir.glob("checkpoint-*")) else None)
+    start_from = None
+    if resume:
+        start_from = resumable_checkpoint(ckpt_dir)
+        _discard_torn_checkpoints(ckpt_dir, start_from, log)
+        log(f"resuming from {start_from.name}" if start_from else "no complete checkpoint to resume from: "
+            "training from the first step")
+    result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
     if not is_main_process():
         return {}
 
@@ -222,6 +263,9 @@ def train_version(
     tok.save_pretrained(tmp_adapter)
     history = trainer.state.log_history
     _loss_curve_png(history, version.path / LOSS_PNG)
+    # An adapter folder without a train stage is what an earlier run killed between this rename
+    # and the manifest write left behind: not a finished result, and in the way of the rename.
+    shutil.rmtree(version.path / paths.ADAPTER_DIR, ignore_errors=True)
     os.replace(tmp_adapter, version.path / paths.ADAPTER_DIR)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     runtime = time.time() - started
