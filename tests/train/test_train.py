@@ -125,31 +125,33 @@ def test_the_console_shows_one_line_per_epoch_and_the_full_log_stays_in_the_vers
     assert all("step" in e and "epoch" in e for e in entries)
 
 
-def _wait_for_complete_checkpoint(ckpts: Path, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-    """Poll fast: on a quick machine the whole tiny run takes about a second."""
-    deadline = time.time() + timeout_s
+def _train_until_first_checkpoint(home: Path, tiny_config, epochs: int):
+    """Start `loraship train` on v1 and return once a complete checkpoint exists (polled fast:
+    on a quick machine the whole tiny run takes about a second)."""
+    tiny_config("tiny", train__num_train_epochs=epochs)
+    pipeline.stage_data("tiny", pipeline.load_config("tiny"), [write_jsonl(home / "a.jsonl", qa_rows("alpha", 24))])
+    v1 = versions.get("tiny", "v1")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = _cli(["train", "-m", "tiny"], env)
+    ckpts = v1.path / "checkpoints"
+    deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if any(ckpts.glob("checkpoint-*/trainer_state.json")):
-            return
+            return proc, v1, env
         time.sleep(0.01)
     raise AssertionError(f"no finished checkpoint appeared (exit code {proc.poll()})")
 
 
 def test_interrupted_training_leaves_no_finished_version_and_resumes(isolated_home, tiny_config):
-    # 12 epochs: after the first checkpoint at least 11 epochs of steps, evaluations and
-    # checkpoint writes remain, so the interrupt lands inside training, not after it.
+    # 12 epochs: after the first checkpoint 11 epochs of steps, evaluations and checkpoint
+    # writes remain, so the interrupt lands inside training, not after it.
     epochs = 12
-    tiny_config("tiny", train__num_train_epochs=epochs)
-    pipeline.stage_data("tiny", pipeline.load_config("tiny"), [write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 24))])
-    v1 = versions.get("tiny", "v1")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = _cli(["train", "-m", "tiny"], env)
-    ckpts = v1.path / "checkpoints"
-    _wait_for_complete_checkpoint(ckpts, proc)
+    proc, v1, env = _train_until_first_checkpoint(isolated_home, tiny_config, epochs)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "interrupted" in out
+    ckpts = v1.path / "checkpoints"
     assert "train" not in v1.manifest["stages"]
     assert not (v1.path / paths.ADAPTER_DIR).exists()
     with pytest.raises(VersionError, match="--resume"):
@@ -167,13 +169,8 @@ def test_resume_skips_a_checkpoint_that_an_interrupt_left_half_written(isolated_
     complete one and discards the torn one instead of failing on it."""
     from loraship.train.lora import resumable_checkpoint
 
-    tiny_config("tiny", train__num_train_epochs=4)
-    pipeline.stage_data("tiny", pipeline.load_config("tiny"), [write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 24))])
-    v1 = versions.get("tiny", "v1")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = _cli(["train", "-m", "tiny"], env)
+    proc, v1, env = _train_until_first_checkpoint(isolated_home, tiny_config, 12)
     ckpts = v1.path / "checkpoints"
-    _wait_for_complete_checkpoint(ckpts, proc)
     proc.send_signal(signal.SIGKILL)  # killed outright: whatever it was writing stays as it was
     proc.communicate(timeout=120)
     complete = resumable_checkpoint(ckpts)
@@ -186,8 +183,8 @@ def test_resume_skips_a_checkpoint_that_an_interrupt_left_half_written(isolated_
     done = _cli(["train", "-m", "tiny", "--resume"], env)
     out, _ = done.communicate(timeout=600)
     assert done.returncode == 0, out
-    assert f"resuming from checkpoint-{step}" in out
-    assert v1.manifest["stages"]["train"]["global_steps"] == 4 * 3
+    assert f"discarding {torn.name}" in out and f"resuming from checkpoint-{step}" in out
+    assert v1.manifest["stages"]["train"]["global_steps"] == 12 * 3
 
 
 def test_continue_and_stack_serve_the_same_model_when_the_increment_learns_nothing(isolated_home, tiny_config):
