@@ -24,12 +24,13 @@ def versions_table(model: str) -> list[dict[str, Any]]:
         gate = (stages.get("compare") or {}).get("gate")
         tags = [stages["register"]["tag"]] if stages.get("register") else []
         tags += [f"{model}:{a}" for a in sorted(by_version.get(v.id, []))]
+        tags += sorted(stages.get("publish") or {})  # registry names other machines pull
         rows.append({
             "id": v.id,
             "parent": m.get("parent") or "-",
             "created": m.get("created_at", "")[:19].replace("T", " "),
             "dataset": f"{data.get('dataset_sha256', '')[:8]} ({data.get('counts', {}).get('final_train', '?')} train)",
-            "stages": ",".join(s for s in ("data", "train", "export", "register", "compare") if s in stages),
+            "stages": ",".join(s for s in ("data", "train", "export", "register", "compare", "publish") if s in stages),
             "gate": "-" if gate is None else _verdict(gate).lower().replace("fail", "FAIL"),
             "tags": " ".join(tags) or "-",
         })
@@ -65,6 +66,9 @@ def describe_version(v: versions.Version) -> str:
     if "register" in st:
         r = st["register"]
         out.append(f"  ollama:    {r['tag']} on {r['host']} digest {r['digest'][:19]}")
+    for name, pub in sorted((st.get("publish") or {}).items()):
+        forced = f"  (gate overridden: {pub['override_reason']})" if pub.get("override_reason") else ""
+        out.append(f"  published: {name}  model layer {pub['model_layer'][:19]}  at {pub['published_at']}{forced}")
     if "compare" in st:
         g = st["compare"]["gate"]
         out.append(f"  gate:      {_verdict(g)} - {g['reason']}  ({st['compare']['report']})")

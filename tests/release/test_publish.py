@@ -95,6 +95,9 @@ def test_publish_then_pull_on_another_server_answers_the_same(registered, regist
     assert (entry["action"], entry["version"], entry["model_layer"]) == ("publish", "v2", gguf)
     assert entry["pushed"] == {name: rec["manifest_digest"]} and rec["manifest_digest"].startswith("sha256:")
     assert audit.aliases(p.model) == {}  # a publish moves no alias
+    table = cli_run("versions", "-m", p.model)
+    assert any(line.startswith("v2") and "publish" in line and name in line for line in table.splitlines()), table
+    assert f"published: {name}  model layer {gguf[:19]}" in cli_run("show", "-m", p.model, "v2")
 
     with OllamaDouble(tmp_path / "laptop") as laptop:
         lc = ollama.Client(host=laptop.url)
