@@ -8,7 +8,7 @@ Per seed: base (no training); v1 on batch 1; then v2 on batch 2 from that same v
 (strategy continue) under each method at 20% replay:
   replay       cross-entropy on new + replayed rows, the demo's 2e-3 for 6 epochs
   distill      + KL(v1 || v2) on replayed rows' answer tokens (train.distill_weight 1)
-  lr 1e-4      the same as replay at the auto increment learning rate (hparams.INCREMENT_LR)
+  lr 1e-4      the same as replay at what was the auto increment learning rate
   lr 5e-4      ... at a quarter of the demo's rate
   3 epochs     ... with half the epochs
   l2           + L2 pull toward v1's adapter weights (train.l2_weight, tuned first: the
@@ -284,6 +284,10 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     ap.add_argument("--best", choices=METHODS, help="the method for the 10/30%% cells (default: measured)")
     ap.add_argument("--l2-weight", type=float, help=f"skip tuning it over {L2_GRID} on seed {TUNE_SEED}")
+    ap.add_argument("--only-seeds", help="comma-separated seeds of the matrix: compute just their 20%% cells, "
+                    "and with --best also their 10/30%% cells (a worker: split the matrix over processes, copy "
+                    "each worker's forgetting-cells/<seed>/ and forgetting-work/seed<seed>-v1/ into one --out, then "
+                    "run without this flag there)")
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--docs", action="store_true", help="copy JSON + chart into docs/ and update docs/benchmarks.md")
     args = ap.parse_args()
@@ -293,6 +297,11 @@ def main() -> None:
     if unknown := [m for m in methods if m not in METHODS]:
         sys.exit(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
     seeds = list(range(FIRST_SEED, FIRST_SEED + (1 if args.quick else args.seeds)))
+    if args.only_seeds:
+        wanted = [int(x) for x in args.only_seeds.split(",") if x.strip()]
+        if stray := [x for x in wanted if x not in seeds]:
+            sys.exit(f"--only-seeds: {stray} are not among the matrix's seeds {seeds}")
+        seeds = wanted
     work = (args.out / "forgetting-work").resolve()
     cells = (args.out / "forgetting-cells").resolve()
     tuning: list[dict] = []
@@ -301,7 +310,10 @@ def main() -> None:
         l2_weight, tuning = tune_l2(work, cells, Scorer())
         _say(f"l2 weight: {l2_weight:g} (tuned on seed {TUNE_SEED})")
     chosen = {m: method_overrides(l2_weight or 0.0)[m] for m in methods}
-    records = run(seeds, chosen, not args.quick, work, cells, args.best)
+    # A worker (--only-seeds) cannot pick the best method from its own seeds alone: it runs the
+    # 10/30% cells only when told which method they are for (--best).
+    replays = not args.quick and (not args.only_seeds or args.best is not None)
+    records = run(seeds, chosen, replays, work, cells, args.best)
     summary = summarise(records, Scorer().sides())
     tuned = summarise(tuning, Scorer().sides()) if tuning else None
     args.out.mkdir(parents=True, exist_ok=True)

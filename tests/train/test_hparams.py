@@ -20,12 +20,29 @@ def test_table_by_dataset_size(rows, r, alpha, epochs, seq):
     assert str(rows) in why["lora_r"]
 
 
-def test_increment_uses_lower_learning_rate_and_inherits_the_parent_adapter_shape():
+def test_increment_trains_at_the_parent_rate_and_inherits_the_parent_adapter_shape():
     parent = {"lora_r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
-    hp, why = choose(TrainConfig(), 600, is_increment=True, device="cpu", parent_lora=parent)
-    assert hp["learning_rate"] == 1e-4
+    hp, why = choose(TrainConfig(), 600, is_increment=True, device="cpu", parent_lora=parent,
+                     parent_learning_rate=3e-4)
+    assert hp["learning_rate"] == 3e-4 and "the parent's learning rate" in why["learning_rate"]
     assert (hp["lora_r"], hp["target_modules"]) == (8, ["q_proj", "v_proj"])
     assert "parent" in why["lora_r"]
+    # a parent recorded without one (older manifests) falls back to the first version's rate
+    hp, _ = choose(TrainConfig(), 600, is_increment=True, device="cpu", parent_lora=parent)
+    assert hp["learning_rate"] == 2e-4
+
+
+def test_the_default_increment_method_is_the_measured_one_where_the_strategy_allows_it():
+    from loraship.train import hparams
+
+    hp, why = choose(TrainConfig(), 50, is_increment=True, device="cpu", strategy="continue")
+    assert (hp["increment_method"], hp["l2_weight"], hp["distill_weight"]) == (
+        hparams.INCREMENT_METHOD, hparams.L2_WEIGHT, 0.0)
+    assert "bench-forgetting" in why["increment_method"] and "bench-forgetting" in why["l2_weight"]
+    # stack trains a fresh adapter: no parent weights to pull toward, so not the l2 default
+    hp, why = choose(TrainConfig(), 50, is_increment=True, device="cpu", strategy="stack")
+    assert hp["increment_method"] == hparams.INCREMENT_METHOD_NOT_CONTINUE and hp["l2_weight"] == 0.0
+    assert "only continue" in why["increment_method"]
 
 
 def test_warmup_is_ten_percent_capped_at_fifty():

@@ -79,7 +79,10 @@ def test_three_versions_record_lineage_data_replay_and_settings(isolated_home, t
                 "max_seq_length", "seed"):
         assert key in hp, key
         assert key in m2["stages"]["train"]["reasons"], key
-    assert hp["learning_rate"] == 1e-4 and m1["stages"]["train"]["hyperparameters"]["learning_rate"] == 2e-4
+    assert hp["learning_rate"] == m1["stages"]["train"]["hyperparameters"]["learning_rate"] == 2e-4
+    # the default increment methods: continue pulls toward v1's adapter, stack replays
+    assert m2["stages"]["train"]["increment"]["method"] == "l2"
+    assert m3["stages"]["train"]["increment"]["method"] == "replay"
     assert m2["stages"]["train"]["base"]["sha256"] == m1["stages"]["train"]["base"]["sha256"]
     assert m2["stages"]["train"]["loss_curve"] and (v2.path / "loss_curve.png").stat().st_size > 1000
     assert (v2.path / paths.ADAPTER_DIR / "adapter_model.safetensors").exists()

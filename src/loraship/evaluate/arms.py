@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from loraship.evaluate import gate as gating
 from loraship.evaluate import retrieval, scoring, stats
 from loraship.evaluate.backends import Backend
 from loraship.evaluate.candidate import Candidate
+from loraship.evaluate.concurrency import run_keyed
 
 BASE_LABEL = "base+retrieval"
 SUFFIX = "+retrieval"
@@ -78,19 +78,8 @@ def _ask(plan: Plan, questions: list, hits: dict, options: dict, system: str | N
         text = arm.backend.answer(arm.candidate, msgs, dict(options))
         return text or "", time.monotonic() - start
 
-    total, results = len(plan.arms) * len(questions), {}
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = {pool.submit(one, a, q): (a.label, q.id) for a in plan.arms for q in questions}
-        try:
-            for done, fut in enumerate(as_completed(futures), 1):
-                results[futures[fut]] = fut.result()
-                if progress:
-                    progress(done, total)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    return results
+    jobs = {(a.label, q.id): (lambda a=a, q=q: one(a, q)) for a in plan.arms for q in questions}
+    return run_keyed(jobs, concurrency, progress)
 
 
 def run_arms(plan: Plan, questions: list, options: dict, system: str | None, concurrency: int,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,7 +285,7 @@ def _messages(q: Question, system: str | None) -> list[dict]:
     return msgs + [{"role": "user", "content": q.question}]
 
 
-def _ask_all(candidates, questions, backend, options, system, concurrency, progress):
+def _ask_all(candidates, questions, backend, options, system, n_workers, progress):
     """Every (candidate, question) answer, keyed by (tag, question id).
 
     Jobs are submitted candidate by candidate so a server swaps models as rarely as
@@ -298,20 +297,8 @@ def _ask_all(candidates, questions, backend, options, system, concurrency, progr
         text = backend.answer(c, _messages(q, system), dict(options))
         return text or "", time.monotonic() - start
 
-    total = len(candidates) * len(questions)
-    results: dict[tuple[str, str], tuple[str, float]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = {pool.submit(ask, c, q): (c.tag, q.id) for c in candidates for q in questions}
-        try:
-            for done, fut in enumerate(as_completed(futures), 1):
-                results[futures[fut]] = fut.result()
-                if progress:
-                    progress(done, total)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    return results
+    jobs = {(c.tag, q.id): (lambda c=c, q=q: ask(c, q)) for c in candidates for q in questions}
+    return concurrency.run_keyed(jobs, n_workers, progress)
 
 
 def run_compare(

@@ -23,8 +23,10 @@ into the report.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 CORES_PER_MODEL = 8  # llama.cpp decoding stops gaining from threads past about this
@@ -127,3 +129,27 @@ def for_backend(configured_workers: int | None, configured_threads: int | None, 
     else:
         server = probe(candidates)
     return choose(configured_workers, configured_threads, server, len(candidates))
+
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+def run_keyed(jobs: dict[K, Callable[[], T]], workers: int,
+              progress: Callable[[int, int], None] | None = None) -> dict[K, T]:
+    """Run `jobs` on `workers` threads, submitted in the dict's order (callers order them so a
+    server swaps models as rarely as possible); results are keyed, so completion order never
+    changes a report. On the first failure, or Ctrl-C, the jobs not yet started are cancelled."""
+    results: dict[K, T] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(job): key for key, job in jobs.items()}
+        try:
+            for done, fut in enumerate(as_completed(futures), 1):
+                results[futures[fut]] = fut.result()
+                if progress:
+                    progress(done, len(jobs))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return results

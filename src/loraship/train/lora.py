@@ -171,7 +171,8 @@ def train_version(
     val_rows = data.load_rows(data_dir / "val.jsonl")
     parent_lora = parent_stage["lora"] if (strategy == "continue" and parent_stage) else None
     hp, reasons = hparams.choose(cfg.train, len(train_rows), is_increment=parent is not None,
-                                 device=dev.device, parent_lora=parent_lora, strategy=strategy)
+                                 device=dev.device, parent_lora=parent_lora, strategy=strategy,
+                                 parent_learning_rate=(parent_stage or {}).get("hyperparameters", {}).get("learning_rate"))
     log(f"device: {dev.reason}")
     for k in ("lora_r", "lora_alpha", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
               "gradient_accumulation_steps", "max_seq_length", "warmup_steps"):
