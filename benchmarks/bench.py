@@ -47,11 +47,13 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
 
-TRAIN_ARMS = ("loraship", "loraship_padding_free", "loraship_fp32", "loraship_fp32_padding_free", "plain", "trl")
+TRAIN_ARMS = ("loraship", "loraship_padding_free", "loraship_fp32", "loraship_fp32_padding_free", "loraship_bf16",
+              "plain", "trl")
 BASELINES = ("plain", "trl")
 # measured variants of loraship: padding-free forced on whatever attention there is; fp32
-# where the device choice picked bf16 (train.dtype)
-VARIANTS = {"padding_free": {"train.padding_free": True}, "fp32": {"train.dtype": "float32"}}
+# or bf16 whatever the device choice picked (train.dtype), to weigh that choice end to end
+VARIANTS = {"padding_free": {"train.padding_free": True}, "fp32": {"train.dtype": "float32"},
+            "bf16": {"train.dtype": "bfloat16"}}
 
 
 def _arm_spec(spec: dict, arm: str) -> tuple[str, dict]:

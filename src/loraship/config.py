@@ -63,10 +63,10 @@ class TrainConfig:
     init_lora_nonzero: bool = False  # tests: make an untrained adapter visible
     # Increments (versions with a parent). None: the measured defaults of train/hparams.py,
     # recorded with their reason in the manifest (evidence: `make bench-forgetting`).
-    increment_method: str | None = None  # replay | distill | l2 | distill+l2 (train/retention.py)
+    increment_method: str | None = None  # replay | distill | l2 | distill+l2; None: l2 for continue, else replay
     distill_weight: float | None = None  # KL(parent || new) on replayed rows' answer tokens
     l2_weight: float | None = None  # 1/2 ||adapter - parent's adapter||^2 (strategy continue)
-    increment_learning_rate: float | None = None  # None: learning_rate if set, else auto
+    increment_learning_rate: float | None = None  # None: learning_rate if set, else the parent's rate
     increment_epochs: int | None = None  # None: num_train_epochs if set, else auto
 
 
