@@ -4,7 +4,6 @@ seeds x questions, and the rule that picks the default increment method, on cons
 from __future__ import annotations
 
 import pytest
-
 from benchmarks.forgetting_stats import best_method, summarise, table
 
 OLD = [f"o{i}" for i in range(10)]
