@@ -15,14 +15,19 @@ Per seed: base (no training); v1 on batch 1; then v2 on batch 2 from that same v
                best of L2_GRID on TUNE_SEED, a seed the matrix does not report)
   distill+l2   both
 and then the best of them at 10% and 30% replay: the one that keeps the most old facts among
-those that gain at least 30 points of new facts (else the best mean of old and new). Seeds change training (LoRA init, row order, dropout); the data split stays
-the demo's (data.seed), the one tests/data/test_demo_data.py checks every fixed fact
+those whose new-fact gain is at least 30 points at its interval's lower bound (else the best
+mean of old and new). Seeds change training (LoRA init, row order, dropout); the data split
+stays the demo's (data.seed), the one tests/data/test_demo_data.py checks every fixed fact
 against. Each cell's per-question outcomes are cached in <out>/forgetting-cells/, so a
-killed run resumes where it stopped. Intervals: 95% percentile bootstrap that resamples
-questions (paired across cells) and seeds together.
+killed run resumes where it stopped. A seed's cached v2 cells stand only while its v1 adapter
+does: when v1 has to be trained again, CPU training is not bit-reproducible (same machine,
+same seed: 6 of 65 answers changed), so the seed's v2 cells are measured again rather than
+paired with another v1. Intervals: 95% percentile bootstrap that resamples questions (paired
+across cells) and seeds together.
 
 Writes <out>/forgetting.json, forgetting.png and forgetting.md (the table); --docs also
-copies them into docs/ and replaces the table in docs/benchmarks.md.
+copies them into docs/ and replaces the table in docs/benchmarks.md. --summarise recomputes
+those from a finished run's forgetting.json without training.
 """
 
 from __future__ import annotations
@@ -164,13 +169,28 @@ def _save(path: Path, rec: dict) -> dict:
     return rec
 
 
+def cell_spec(name: str, seed: int, replay: float | None = None, extra: dict | None = None) -> dict:
+    """What a cell ran: its cache key (a cached cell counts only while its spec is unchanged)."""
+    return {"cell": name, "seed": seed, "overrides": _overrides(seed, replay, extra), "eval": EVAL,
+            "inputs": _inputs_sha()}
+
+
+def cell_path(cells: Path, seed: int, name: str) -> Path:
+    return cells / str(seed) / f"{name.replace(' ', '_').replace('%', 'pct')}.json"
+
+
 def v1_cell(seed: int, work: Path, cells: Path, scorer: Scorer) -> dict:
+    """v1 of one seed. Every v2 cell of the seed trains from this v1's adapter, so when the adapter
+    is gone but the numbers are cached (a cleaned work folder), v1 is trained again and
+    must reproduce its cached answers exactly; if it does not, the seed's cached v2 cells were
+    measured from another v1 and are dropped, to be measured again."""
     from loraship import pipeline
     from loraship.store import versions
 
     home = work / f"seed{seed}-v1"
-    spec = {"cell": "v1", "seed": seed, "overrides": _overrides(seed), "eval": EVAL, "inputs": _inputs_sha()}
-    rec = _cached(cells / str(seed) / "v1.json", spec)
+    spec = cell_spec("v1", seed)
+    path = cell_path(cells, seed, "v1")
+    rec = _cached(path, spec)
     if rec and (home / "runs" / "demo").exists():
         return rec
     shutil.rmtree(home, ignore_errors=True)
@@ -179,8 +199,25 @@ def v1_cell(seed: int, work: Path, cells: Path, scorer: Scorer) -> dict:
     pipeline.stage_data("demo", cfg, [DEMO_BATCHES[0].resolve()])
     v1 = pipeline.stage_train("demo", cfg)
     train = versions.get("demo", v1.id).stage("train")
-    return _save(cells / str(seed) / "v1.json", {"spec": spec, "outcomes": scorer.outcomes(v1),
-                                                 "train_s": train["runtime_s"], "epochs_run": train["epochs_run"]})
+    fresh = {"spec": spec, "outcomes": scorer.outcomes(v1), "train_s": train["runtime_s"],
+             "epochs_run": train["epochs_run"]}
+    if rec is not None:
+        reconcile_v1(path, rec, fresh)
+    return _save(path, fresh)
+
+
+def reconcile_v1(path: Path, cached: dict, fresh: dict) -> bool:
+    """Keep the seed's cached v2 cells only if v1 trained again gives the cached v1's answers."""
+    seed = cached["spec"]["seed"]
+    if fresh["outcomes"] == cached["outcomes"]:
+        _say(f"seed {seed}: v1 trained again reproduces its cached answers; the seed's cached cells stand")
+        return True
+    stale = sorted(p for p in path.parent.glob("*.json") if p != path)
+    for p in stale:
+        p.unlink()
+    _say(f"seed {seed}: v1 trained again answers differently from its cached record; dropping the seed's "
+         f"cached cells ({', '.join(p.stem for p in stale) or 'none'}) to measure them again")
+    return False
 
 
 def _drift(v1: Path, v2: Path) -> float:
@@ -195,9 +232,8 @@ def v2_cell(seed: int, name: str, replay: float, extra: dict, work: Path, cells:
     from loraship import pipeline
     from loraship.store import versions
 
-    spec = {"cell": name, "seed": seed, "overrides": _overrides(seed, replay, extra), "eval": EVAL,
-            "inputs": _inputs_sha()}
-    path = cells / str(seed) / f"{name.replace(' ', '_').replace('%', 'pct')}.json"
+    spec = cell_spec(name, seed, replay, extra)
+    path = cell_path(cells, seed, name)
     if rec := _cached(path, spec):
         return rec
     home = work / f"seed{seed}-{path.stem}"
@@ -217,10 +253,11 @@ def v2_cell(seed: int, name: str, replay: float, extra: dict, work: Path, cells:
 
 
 def _record(rec: dict, seed: int) -> dict:
-    """A cached cell as the statistics read it: cell, seed, replay ratio, outcomes, timings."""
+    """A cached cell as the statistics read it: cell, seed, replay ratio, outcomes, timings, and
+    the spec it ran (what forgetting.json says each number measured)."""
     spec = rec["spec"]
     return {"cell": spec["cell"], "seed": seed, "replay": spec.get("overrides", {}).get("data.replay_ratio"),
-            **{k: v for k, v in rec.items() if k != "spec"}}
+            **{k: v for k, v in rec.items() if k != "spec"}, "spec": spec}
 
 
 def _base(cells: Path, scorer: Scorer) -> dict:
@@ -288,9 +325,14 @@ def main() -> None:
                     "and with --best also their 10/30%% cells (a worker: split the matrix over processes, copy "
                     "each worker's forgetting-cells/<seed>/ and forgetting-work/seed<seed>-v1/ into one --out, then "
                     "run without this flag there)")
+    ap.add_argument("--summarise", type=Path, metavar="JSON",
+                    help="only recompute the statistics, table and chart of a finished run's forgetting.json "
+                    "(no training), into --out")
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--docs", action="store_true", help="copy JSON + chart into docs/ and update docs/benchmarks.md")
     args = ap.parse_args()
+    if args.summarise:
+        return summarise_only(args.summarise, args.out, args.docs)
     if not (DEMO_BASE / "config.json").exists():
         sys.exit("the demo base is not built: run `make demo` first (it builds bases/smollm2-135m-instruct)")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -314,23 +356,42 @@ def main() -> None:
     # 10/30% cells only when told which method they are for (--best).
     replays = not args.quick and (not args.only_seeds or args.best is not None)
     records = run(seeds, chosen, replays, work, cells, args.best)
-    summary = summarise(records, Scorer().sides())
-    tuned = summarise(tuning, Scorer().sides()) if tuning else None
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "forgetting.json").write_text(json.dumps(
-        {"seeds": seeds, "methods": chosen, "replay": BASE_REPLAY, "l2_tuning": {
+    write_report(args.out, seeds, chosen, l2_weight, tuning, records, args.docs)
+
+
+def write_report(out: Path, seeds: list[int], methods: dict, l2_weight: float | None, tuning: list[dict],
+                 records: list[dict], docs: bool) -> None:
+    """forgetting.json, .png and .md from the cells' records (and docs/, with docs)."""
+    sides = Scorer().sides()
+    summary = summarise(records, sides)
+    tuned = summarise(tuning, sides) if tuning else None
+    out.mkdir(parents=True, exist_ok=True)
+    _save(out / "forgetting.json", {
+        "seeds": seeds, "methods": methods, "replay": BASE_REPLAY, "l2_tuning": {
             "seed": TUNE_SEED, "grid": L2_GRID, "chosen": l2_weight, "summary": tuned, "cells": tuning},
-         "goal": {"retention": GOAL_RETENTION, "new_gain_over_base": GOAL_GAIN}, "summary": summary,
-         "cells": records}, indent=1))
-    chart(summary, args.out / "forgetting.png", len(seeds))
+        "goal": {"retention": GOAL_RETENTION, "new_gain_over_base": GOAL_GAIN}, "summary": summary,
+        "cells": records})
+    chart(summary, out / "forgetting.png", len(seeds))
     md = table(summary, len(seeds))
     if tuned:
         md += f"\n\nL2 weight tuning (seed {TUNE_SEED}, not among the seeds above; chosen: {l2_weight:g}):\n\n"
         md += table(tuned, 1)
-    (args.out / "forgetting.md").write_text(md + "\n")
+    (out / "forgetting.md").write_text(md + "\n")
     print(md)
-    if args.docs:
-        _write_docs(args.out, md)
+    if docs:
+        _write_docs(out, md)
+
+
+def summarise_only(path: Path, out: Path, docs: bool) -> None:
+    """The statistics of a finished run again, from its forgetting.json: no training, no cache
+    (for a change to the statistics; the measurements stay what that run measured)."""
+    try:
+        report = json.loads(path.read_text())
+        tuning = report.get("l2_tuning") or {}
+        args = (report["seeds"], report["methods"], tuning.get("chosen"), tuning.get("cells") or [], report["cells"])
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--summarise {path}: not a forgetting.json of a finished run ({e})") from None
+    write_report(out, *args, docs)
 
 
 if __name__ == "__main__":

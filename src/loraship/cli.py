@@ -123,7 +123,7 @@ def cli() -> None:
 @click.option("--feedback", "feedback_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="feedback.jsonl from `loraship review` (repeatable): corrected thumbs-down answers become training "
                    "rows, thumbs-up answers replay-eligible rows, with provenance.")
-@click.option("--replay-ratio", type=float, help="Fraction of the final training set replayed from earlier versions (default 0.2).")
+@click.option("--replay-ratio", type=float, help="Fraction of the final training set replayed from earlier versions (default 0.3).")
 @click.option("--allow-replay-ratio", is_flag=True, help="Accept a replay ratio outside 0.10-0.30 (with a warning).")
 @click.option("--seed", type=int, help="Split and replay seed (default 20251101).")
 @click.option("--strict/--skip-invalid", default=True, show_default=True,

@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline on SmolLM2-135M-Instruct and a fictional mining domain.
 
-base from GGUF → v1 → v2 on top of v1 with 20% replay → export both to Q4_K_M →
+base from GGUF → v1 → v2 on top of v1 with 30% replay → export both to Q4_K_M →
 register both (if an Ollama server answers) → compare v1 vs v2 → gate verdict.
 Each run gets its own runs folder, so the demo can be repeated.
 """
@@ -84,7 +84,8 @@ def run(home: Path, retrieval: bool = False) -> int:
         with _step("v1: data + LoRA training on batch 1 (minerals, sites)"):
             _data(cfg, BATCHES[0])
             pipeline.stage_train(MODEL, cfg, log=_say)
-        with _step("v2: data (new topics + 20% replay of v1's rows) + training on top of v1's adapter"):
+        with _step(f"v2: data (new topics + {cfg.data.replay_ratio:.0%} replay of v1's rows) + training on top of "
+                   "v1's adapter"):
             _data(cfg, BATCHES[1])
             pipeline.stage_train(MODEL, cfg, log=_say)
         for vid in ("v1", "v2"):

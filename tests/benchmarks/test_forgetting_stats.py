@@ -42,6 +42,9 @@ def test_the_best_method_keeps_the_most_old_facts_among_those_that_still_learn_t
     # "low lr" keeps everything but gains 10 points, under the 30 that count as learning
     assert best_method(records, SIDES, ["low lr", "replay", "l2"]) == "l2"
     assert best_method(records, SIDES, ["low lr", "replay"]) == "replay"
+    # "edge" gains 40 points on 10 questions: the interval's lower bound is under 30, so it does
+    # not count as learning, though it keeps more old facts than "replay"
+    assert best_method(_records({"edge": (8, 4), "replay": (4, 9)}), SIDES, ["edge", "replay"]) == "replay"
     # when nothing learns, the best mean of old and new
     assert best_method(_records({"a": (8, 1), "b": (2, 2)}), SIDES, ["a", "b"]) == "a"
 
@@ -51,3 +54,14 @@ def test_a_cell_missing_a_seed_is_left_out_until_every_seed_has_it():
     summary = summarise(records, SIDES)
     assert [r["cell"] for r in summary["cells"]] == ["base", "v1", "l2"]
     assert "| l2 | 20% | 70.0 [" in table(summary, len(SEEDS))
+
+
+def test_each_method_is_also_compared_with_plain_replay_paired_question_by_question():
+    rows = {r["cell"]: r for r in summarise(_records({"replay": (4, 9), "l2": (7, 8)}), SIDES)["cells"]}
+    vs = rows["l2"]["vs_replay"]
+    assert vs["old"]["mean"] == pytest.approx(30.0) and vs["new"]["mean"] == pytest.approx(-10.0)
+    # identical seeds: the paired interval only resamples the 3 old questions l2 gets and replay does not
+    assert 0.0 <= vs["old"]["lo"] < 30.0 < vs["old"]["hi"] <= 60.0
+    assert "vs_replay" not in rows["replay"] and "vs_replay" not in rows["v1"]
+    assert "| l2 | 20% |" in table(summarise(_records({"replay": (4, 9), "l2": (7, 8)}), SIDES), 3)
+    assert "+30.0 [" in table(summarise(_records({"replay": (4, 9), "l2": (7, 8)}), SIDES), 3)

@@ -315,7 +315,7 @@ def test_replay_ratio_is_exact_and_stratified(tmp_path):
     v1 = _v1_with_topics(tmp_path, 60, 30)  # all 90 rows in v1's train split
     rows = [qa(i, "gamma", "g") for i in range(80)]
     summary, out = run(tmp_path, "v2", rows, [EarlierVersion("v1", v1, True)], version="v2",
-                       cfg=DataConfig(split=[1.0, 0.0, 0.0]))
+                       cfg=DataConfig(split=[1.0, 0.0, 0.0], replay_ratio=0.2))
     assert summary["counts"]["train"] == 80 and summary["counts"]["replayed"] == 20
     assert summary["replay_ratio"] == {"requested": 0.2, "actual": 0.2}
     final = load_rows(out / "incremental_replay_final.jsonl")
@@ -365,7 +365,7 @@ def test_replay_shortfall_is_warned_and_capped(tmp_path):
     v1 = _v1_with_topics(tmp_path, 3, 2)
     warns: list[str] = []
     summary, _ = run(tmp_path, "v2", [qa(i, prefix="n") for i in range(80)], [EarlierVersion("v1", v1, True)],
-                     version="v2", cfg=DataConfig(split=[1.0, 0.0, 0.0]), warns=warns)
+                     version="v2", cfg=DataConfig(split=[1.0, 0.0, 0.0], replay_ratio=0.2), warns=warns)
     assert summary["counts"]["replayed"] == 5 and summary["replay"]["wanted"] == 20
     assert any("wanted 20 rows" in w and "only 5" in w for w in warns)
 

@@ -172,6 +172,17 @@ def test_an_estimate_on_the_threshold_says_no_count_of_questions_decides_it():
                                         "threshold: more of them decide it only if the effect moves")
 
 
+def test_an_estimate_just_off_the_threshold_says_more_questions_will_not_settle_it():
+    # gain +5.1 against a threshold of 5: tens of thousands of questions, not advice to follow
+    result = table(pairs(gained=2, neither=37), pairs(both=200), GateConfig(max_old_loss=10))
+    gain = check(result, "new_gain")
+    assert result["gate"]["verdict"] == "INCONCLUSIVE" and gain["questions_to_decide"] > gate.IMPRACTICAL_QUESTIONS
+    assert result["gate"]["decide"] == (
+        f"on the new-knowledge questions the estimate (+5.1) sits 0.1 from the threshold (5): about "
+        f"{gain['questions_to_decide']:,} of them (now 39) would be needed, so more questions will not "
+        "settle it in practice")
+
+
 def test_the_estimated_question_count_decides_when_the_effect_holds():
     small = table(pairs(gained=3, neither=12), pairs(both=200), GateConfig(max_old_loss=10))
     assert small["gate"]["verdict"] == "INCONCLUSIVE"

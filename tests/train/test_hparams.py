@@ -37,8 +37,8 @@ def test_the_default_increment_method_is_the_measured_one_where_the_strategy_all
 
     hp, why = choose(TrainConfig(), 50, is_increment=True, device="cpu", strategy="continue")
     assert (hp["increment_method"], hp["l2_weight"], hp["distill_weight"]) == (
-        hparams.INCREMENT_METHOD, hparams.L2_WEIGHT, 0.0)
-    assert "bench-forgetting" in why["increment_method"] and "bench-forgetting" in why["l2_weight"]
+        hparams.INCREMENT_METHOD, hparams.L2_WEIGHT, hparams.DISTILL_WEIGHT)
+    assert all("bench-forgetting" in why[k] for k in ("increment_method", "l2_weight", "distill_weight"))
     # stack trains a fresh adapter: no parent weights to pull toward, so not the l2 default
     hp, why = choose(TrainConfig(), 50, is_increment=True, device="cpu", strategy="stack")
     assert hp["increment_method"] == hparams.INCREMENT_METHOD_NOT_CONTINUE and hp["l2_weight"] == 0.0

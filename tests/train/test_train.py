@@ -80,8 +80,9 @@ def test_three_versions_record_lineage_data_replay_and_settings(isolated_home, t
         assert key in hp, key
         assert key in m2["stages"]["train"]["reasons"], key
     assert hp["learning_rate"] == m1["stages"]["train"]["hyperparameters"]["learning_rate"] == 2e-4
-    # the default increment methods: continue pulls toward v1's adapter, stack replays
-    assert m2["stages"]["train"]["increment"]["method"] == "l2"
+    # the default increment methods: continue pulls toward v1's adapter and distils v1's answers
+    # on the replayed rows; stack replays
+    assert m2["stages"]["train"]["increment"]["method"] == "distill+l2"
     assert m3["stages"]["train"]["increment"]["method"] == "replay"
     assert m2["stages"]["train"]["base"]["sha256"] == m1["stages"]["train"]["base"]["sha256"]
     assert m2["stages"]["train"]["loss_curve"] and (v2.path / "loss_curve.png").stat().st_size > 1000

@@ -244,6 +244,11 @@ _SIDES = {"new_gain": "new-knowledge questions", "old_loss": "old-knowledge ques
           "grounding": "questions that cite sources"}
 
 
+# More questions than any written question set holds: say the estimate is on the line instead
+# of giving a count that reads like advice.
+IMPRACTICAL_QUESTIONS = 10_000
+
+
 def decide_line(checks: list[dict]) -> str | None:
     """'about 120 old-knowledge questions (now 30) would decide it', for the open checks."""
     counted, stuck = [], []
@@ -251,9 +256,14 @@ def decide_line(checks: list[dict]) -> str | None:
         if c["result"] != INCONCLUSIVE:
             continue
         side = _SIDES.get(c["name"], "questions")
-        if c["questions_to_decide"] is None:
+        need = c["questions_to_decide"]
+        if need is None:
             stuck.append(f"on the {side} the estimate sits exactly on the threshold: more of them "
                          "decide it only if the effect moves")
+        elif need > IMPRACTICAL_QUESTIONS:
+            stuck.append(f"on the {side} the estimate ({c['value']:+.1f}) sits {abs(c['value'] - c['threshold']):.1f} "
+                         f"from the threshold ({c['threshold']:g}): about {need:,} of them (now {c['questions']}) "
+                         "would be needed, so more questions will not settle it in practice")
         else:
             counted.append(f"about {c['questions_to_decide']} {side} (now {c['questions']})")
     parts = ([" and ".join(counted) + " would decide it, if the effect and its spread stay as observed"]
