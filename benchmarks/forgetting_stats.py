@@ -7,7 +7,8 @@ so comparisons between cells are paired. Retention is v2's old-fact accuracy rel
 to its own seed's v1 (ratio of the means over seeds); gain is v2's new-fact accuracy
 minus the base's; "vs replay" is a cell's old and new accuracy minus plain replay's, paired
 (same seeds, same questions, same draws), which is what tells two methods apart: their own
-intervals overlap far more than their difference's does.
+intervals overlap far more than their difference's does. A 10% or 30% replay cell is also
+paired with its method's 20% cell ("vs_base_replay_ratio", in the JSON).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ def _interval(point: float, draws: np.ndarray) -> dict:
     return {"mean": round(float(point), 1), "lo": round(float(lo), 1), "hi": round(float(hi), 1)}
 
 
+def _paired(s: dict, ref: dict) -> dict:
+    """A cell's old and new accuracy minus another's, on the same seeds, questions and draws."""
+    return {k: _interval(s["point"][k] - ref["point"][k], s["boot"][k] - ref["boot"][k]) for k in ("old", "new")}
+
+
 def summarise(records: list[dict], sides: dict[str, str]) -> dict:
     """Per cell: old and new accuracy, retention of v1's old accuracy, new gain over base, with intervals."""
     seeds = sorted({r["seed"] for r in records if r["cell"] == "v1"})
@@ -75,9 +81,9 @@ def summarise(records: list[dict], sides: dict[str, str]) -> dict:
             row["goal_met"] = row["retention"]["mean"] >= GOAL_RETENTION and row["gain"]["mean"] >= GOAL_GAIN
             row["goal_met_at_lower_bound"] = row["retention"]["lo"] >= GOAL_RETENTION and row["gain"]["lo"] >= GOAL_GAIN
         if cell not in ("base", "v1", "replay") and "replay" in stats:
-            ref = stats["replay"]
-            row["vs_replay"] = {k: _interval(s["point"][k] - ref["point"][k], s["boot"][k] - ref["boot"][k])
-                                for k in ("old", "new")}
+            row["vs_replay"] = _paired(s, stats["replay"])
+        if cell.endswith("%") and (same := cell.rsplit(" ", 1)[0]) in stats:  # "distill+l2 30%" vs its 20% cell
+            row["vs_base_replay_ratio"] = _paired(s, stats[same])
         out.append(row)
     return {"cells": out, "resamples": RESAMPLES, "interval": "95% percentile bootstrap over seeds x questions"}
 

@@ -65,3 +65,11 @@ def test_each_method_is_also_compared_with_plain_replay_paired_question_by_quest
     assert "vs_replay" not in rows["replay"] and "vs_replay" not in rows["v1"]
     assert "| l2 | 20% |" in table(summarise(_records({"replay": (4, 9), "l2": (7, 8)}), SIDES), 3)
     assert "+30.0 [" in table(summarise(_records({"replay": (4, 9), "l2": (7, 8)}), SIDES), 3)
+
+
+def test_a_replay_ratio_cell_is_paired_with_its_methods_20_percent_cell():
+    records = _records({"replay": (4, 9), "l2": (7, 8)}) + [_cell("l2 30%", s, 8, 8, 0.3) for s in SEEDS]
+    rows = {r["cell"]: r for r in summarise(records, SIDES)["cells"]}
+    assert rows["l2 30%"]["vs_base_replay_ratio"]["old"]["mean"] == pytest.approx(10.0)
+    assert rows["l2 30%"]["vs_base_replay_ratio"]["new"]["mean"] == pytest.approx(0.0)
+    assert "vs_base_replay_ratio" not in rows["l2"]

@@ -178,9 +178,18 @@ def test_an_estimate_just_off_the_threshold_says_more_questions_will_not_settle_
     gain = check(result, "new_gain")
     assert result["gate"]["verdict"] == "INCONCLUSIVE" and gain["questions_to_decide"] > gate.IMPRACTICAL_QUESTIONS
     assert result["gate"]["decide"] == (
-        f"on the new-knowledge questions the estimate (+5.1) sits 0.1 from the threshold (5): about "
+        f"on the new-knowledge questions the estimate (+5.1) sits 0.13 from the threshold (5): about "
         f"{gain['questions_to_decide']:,} of them (now 39) would be needed, so more questions will not "
         "settle it in practice")
+
+
+def test_an_estimate_past_the_largest_searched_count_is_not_called_exactly_on_the_threshold():
+    # questions_to_decide gives None both on the threshold and past stats.MAX_QUESTIONS
+    open_check = {"result": "INCONCLUSIVE", "name": "old_loss", "value": 2.004, "threshold": 2.0,
+                  "questions": 45, "questions_to_decide": None}
+    assert gate.decide_line([open_check]) == (
+        "on the old-knowledge questions the estimate (+2.0) sits 0.004 from the threshold (2): more than "
+        f"{stats.MAX_QUESTIONS:,} of them (now 45) would be needed, so more questions will not settle it in practice")
 
 
 def test_the_estimated_question_count_decides_when_the_effect_holds():

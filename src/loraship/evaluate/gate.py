@@ -256,16 +256,17 @@ def decide_line(checks: list[dict]) -> str | None:
         if c["result"] != INCONCLUSIVE:
             continue
         side = _SIDES.get(c["name"], "questions")
-        need = c["questions_to_decide"]
-        if need is None:
+        need, off = c["questions_to_decide"], abs(c["value"] - c["threshold"])
+        if need is not None and need <= IMPRACTICAL_QUESTIONS:
+            counted.append(f"about {need} {side} (now {c['questions']})")
+        elif off < 1e-9:
             stuck.append(f"on the {side} the estimate sits exactly on the threshold: more of them "
                          "decide it only if the effect moves")
-        elif need > IMPRACTICAL_QUESTIONS:
-            stuck.append(f"on the {side} the estimate ({c['value']:+.1f}) sits {abs(c['value'] - c['threshold']):.1f} "
-                         f"from the threshold ({c['threshold']:g}): about {need:,} of them (now {c['questions']}) "
-                         "would be needed, so more questions will not settle it in practice")
-        else:
-            counted.append(f"about {c['questions_to_decide']} {side} (now {c['questions']})")
+        else:  # questions_to_decide also gives None past stats.MAX_QUESTIONS
+            count = f"about {need:,}" if need is not None else f"more than {stats.MAX_QUESTIONS:,}"
+            stuck.append(f"on the {side} the estimate ({c['value']:+.1f}) sits {off:.2g} from the threshold "
+                         f"({c['threshold']:g}): {count} of them (now {c['questions']}) would be needed, so more "
+                         "questions will not settle it in practice")
     parts = ([" and ".join(counted) + " would decide it, if the effect and its spread stay as observed"]
              if counted else []) + stuck
     return "; ".join(parts) or None

@@ -34,7 +34,6 @@ INCREMENT_METHOD = "distill+l2"  # strategy continue: the measured best
 INCREMENT_METHOD_NOT_CONTINUE = "replay"
 DISTILL_WEIGHT = 1.0
 L2_WEIGHT = 0.03  # the best of 0.01 / 0.03 / 0.1 on a seed the matrix does not report
-
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
