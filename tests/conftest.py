@@ -47,6 +47,22 @@ def tiny_base(tmp_path_factory, smollm2_gguf) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def llama_models() -> Path:
+    """llama.cpp's models/ folder: vocabulary GGUFs with token vectors, real chat templates."""
+    from loraship.export.toolchain import llama_models_dir
+
+    return llama_models_dir()
+
+
+@pytest.fixture(scope="session")
+def family_base(llama_models):
+    """family name -> its tiny checkpoint folder (built once into build/cache/families/)."""
+    from loraship.base import families
+
+    return lambda name: families.build_fixture(name, llama_models)
+
+
 @pytest.fixture
 def tiny_config(isolated_home, tiny_base):
     """train/<model>.yaml for the tiny model: few steps, fast on 2 cores."""
@@ -96,6 +112,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ollama_host" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ollama_real)
+
+
+@pytest.fixture
+def model_name(ollama_host):
+    """A model name for one test: the plain name on the double; on a real server a unique one, with
+    every tag it made deleted afterwards, failed or not, so the suite can run again on that server."""
+    made: list[str] = []
+
+    def name(base: str) -> str:
+        made.append(base if not os.environ.get("OLLAMA_HOST") else f"{base}-{uuid.uuid4().hex[:8]}")
+        return made[-1]
+
+    yield name
+    if os.environ.get("OLLAMA_HOST"):
+        import ollama
+
+        c = ollama.Client(host=ollama_host)
+        for m in c.list().models:
+            if any(m.model.startswith(f"{n}:") for n in made):
+                c.delete(m.model)
 
 
 # ------------------------------------------------------------------ a registered project

@@ -79,10 +79,18 @@ def test_show_json_is_the_manifest(isolated_home, tmp_path):
 
 
 def test_doctor_reports_each_part():
-    out = invoke("doctor").output
+    result = invoke("doctor")
     for part in ("torch", "transformers", "peft", "llama-cpp-python", "training device", "llama.cpp converter",
                  "ollama server"):
-        assert part in out
+        assert part in result.output
+    assert result.exit_code == 0, result.output  # no Ollama server is optional, not missing
+
+
+def test_doctor_fails_when_a_required_part_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORASHIP_TOOLS", str(tmp_path / "no-tools"))  # no converter provisioned there
+    result = invoke("doctor")
+    assert "[--] llama.cpp converter: not provisioned" in result.output
+    assert result.exit_code == 2 and "required parts are missing" in result.output
 
 
 def test_console_script_runs_outside_pytest():

@@ -31,37 +31,38 @@ def questions(project):
     return path
 
 
-def test_pipeline_end_to_end(isolated_home, tiny_config, ollama_host, monkeypatch):
+def test_pipeline_end_to_end(isolated_home, tiny_config, ollama_host, model_name, monkeypatch):
     import ollama
 
     from loraship.export import gguf_tools, llama_runtime
     from loraship.store import versions
 
     llama_cpp = llama_runtime.llama_cpp()
+    m = model_name("tiny")  # unique on a real server, removed from it afterwards
 
     monkeypatch.setenv("OLLAMA_HOST", ollama_host)
     # A random tiny model cannot learn facts; open thresholds let the gate pass so the
     # promotion path runs. Gate logic itself is tested in test_compare and test_promote.
-    tiny_config("tiny", gate__min_new_gain=-100.0, gate__max_old_loss=100.0)
+    tiny_config(m, gate__min_new_gain=-100.0, gate__max_old_loss=100.0)
     questions(isolated_home)
     batch1 = write_jsonl(isolated_home / "b1.jsonl", qa_rows("alpha", 24, "alpha"))
     batch2 = write_jsonl(isolated_home / "b2.jsonl", qa_rows("beta", 24, "beta"))
 
-    out = run("data", "-m", "tiny", str(batch1))
+    out = run("data", "-m", m, str(batch1))
     assert "v1" in out
-    run("train", "-m", "tiny")
-    run("train", "-m", "tiny", "--data", str(batch2))
-    v1, v2 = versions.list_versions("tiny")
+    run("train", "-m", m)
+    run("train", "-m", m, "--data", str(batch2))
+    v1, v2 = versions.list_versions(m)
     assert v2.manifest["parent"] == "v1"
     assert v2.stage("train")["parent_adapter"] == "v1"
     assert v2.stage("data")["counts"]["replayed"] > 0
 
-    run("export", "-m", "tiny", "v1")
-    run("export", "-m", "tiny", "v2")
+    run("export", "-m", m, "v1")
+    run("export", "-m", m, "v2")
     for v in (v1, v2):
         exp = v.stage("export")
         gguf = v.path / exp["ggufs"]["Q4_K_M"]
-        assert gguf.name == f"tiny-{v.id}-Q4_K_M.gguf"
+        assert gguf.name == f"{m}-{v.id}-Q4_K_M.gguf"
         info = gguf_tools.describe(gguf)
         assert info["file_type"] == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
         assert any(t.startswith("Q4_K") or t.startswith("Q6_K") for t in info["type_mix"])
@@ -69,21 +70,21 @@ def test_pipeline_end_to_end(isolated_home, tiny_config, ollama_host, monkeypatc
         assert llm.n_vocab() > 1000
         llm.close()
 
-    run("register", "-m", "tiny", "v1")
-    run("register", "-m", "tiny", "v2")
+    run("register", "-m", m, "v1")
+    run("register", "-m", m, "v2")
     listed = {m.model: m.digest for m in ollama.Client(host=ollama_host).list().models}
     for v in (v1, v2):
-        assert listed[f"tiny:{v.id}"] == v.stage("register")["digest"]
+        assert listed[f"{m}:{v.id}"] == v.stage("register")["digest"]
 
-    out = run("compare", "tiny:v1", "tiny:v2")
+    out = run("compare", f"{m}:v1", f"{m}:v2")
     assert "PASS" in out
     report = json.loads((v2.path / "compare" / "report.json").read_text())
-    assert {c["tag"] for c in report["candidates"]} == {"tiny:v1", "tiny:v2"}
-    assert report["gate"]["passed"] and report["gate"]["parent"] == "tiny:v1"
+    assert {c["tag"] for c in report["candidates"]} == {f"{m}:v1", f"{m}:v2"}
+    assert report["gate"]["passed"] and report["gate"]["parent"] == f"{m}:v1"
     assert all(a["answer"] is not None for a in report["answers"])
 
-    run("promote", "tiny:v2")
+    run("promote", f"{m}:v2")
     listed = {m.model: m.digest for m in ollama.Client(host=ollama_host).list().models}
-    assert listed["tiny:latest"] == v2.stage("register")["digest"]
-    table = run("versions", "-m", "tiny")
-    assert "tiny:latest" in table
+    assert listed[f"{m}:latest"] == v2.stage("register")["digest"]
+    table = run("versions", "-m", m)
+    assert f"{m}:latest" in table

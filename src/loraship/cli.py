@@ -511,8 +511,8 @@ def doctor_cmd(provision):
     for name, good, detail in doctor_report(provision=provision):
         click.echo(f"  [{'ok' if good else '--'}] {name}: {detail}")
         ok = ok and good is not False
-    if not ok:
-        click.echo("some parts are missing; `make setup` installs everything", err=True)
+    if not ok:  # a script (or CI) that asks the doctor must see it fail
+        raise LorashipError("some required parts are missing (marked --): `make setup` installs everything")
 
 
 @cli.group("base", cls=LorashipGroup, short_help="Prepare a trainable base model folder (e.g. from a GGUF).")
@@ -533,6 +533,32 @@ def base_from_gguf_cmd(gguf, out):
     from loraship.base.from_gguf import from_gguf
 
     path = from_gguf(gguf, out, log=_log)
+    click.echo(f"base model ready: {path}  (set base_model: {path} in train/<model>.yaml)")
+
+
+@base_group.command("from-ollama", short_help="Turn a model already in Ollama into a trainable checkpoint.")
+@click.argument("name")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", default=None, help="Ollama server (default: OLLAMA_HOST, else http://127.0.0.1:11434).")
+@click.option("--allow-quantized", is_flag=True,
+              help="Accept a quantized model (its rounding error becomes part of the base; Q4_K_M rounds again).")
+def base_from_ollama_cmd(name, out, host, allow_quantized):
+    """Turn NAME (a model the local Ollama server has) into a plain HF checkpoint at OUT.
+
+    The model's GGUF is read from the server's model folder (it must be on this machine), checked
+    against its digest, and rebuilt as safetensors with its tokenizer; its Ollama TEMPLATE, SYSTEM
+    and parameters are kept in OUT/ollama_source.json. Pull an unquantized tag to train on.
+
+    \b
+    Example:
+      ollama pull qwen2.5:0.5b-instruct-fp16
+      loraship base from-ollama qwen2.5:0.5b-instruct-fp16 bases/qwen2.5-0.5b
+    """
+    from loraship.serve import names, ollama_client
+    from loraship.serve.from_ollama import from_ollama
+
+    names.split_ollama_name(name)
+    path = from_ollama(name, out, ollama_client.resolve_host(host), allow_quantized, log=_log)
     click.echo(f"base model ready: {path}  (set base_model: {path} in train/<model>.yaml)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,42 @@ def test_a_wheel_without_variants_is_one_line_naming_the_folders(tmp_path, monke
     line = out.stdout.strip()
     assert "\n" not in line and str(tmp_path / "empty") in line and "make setup" in line
 
+
+
+_AMX_CLASH = """
+import sys, torch
+from loraship.export import llama_runtime
+llama_cpp = llama_runtime.llama_cpp()
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, verbose=False, n_threads=2)
+def decode():
+    llm.reset()
+    llm.eval(llm.tokenize(b"The capital of France is Paris. The capital of Germany is", add_bos=True))
+decode()
+a = torch.randn(512, 512, dtype=torch.bfloat16)
+for _ in range(20):  # oneDNN's bf16 matmul: AMX tiles on CPUs that have them, released after each
+    (a @ a).sum().item()
+decode()
+print(llama_runtime.load().cpu_variant)
+"""
+
+
+def test_llama_cpp_after_a_bf16_torch_step_in_the_same_process(smollm2_gguf):
+    """llama.cpp, then a bf16 matmul, then llama.cpp again: the order of the demo and the tests.
+    With ggml's AMX variant this dies on `tilezero` (SIGILL) on a Xeon with AMX (seen here with
+    LORASHIP_LLAMA_AMX=1); the loader's default variant must survive it on every CPU."""
+    env = {k: v for k, v in os.environ.items() if k != llama_runtime.ENV_ALLOW_AMX}
+    proc = subprocess.run([sys.executable, "-c", _AMX_CLASH, str(smollm2_gguf)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stderr[-1500:]}"
+    assert proc.stdout.split()[-1] not in llama_runtime.AMX_VARIANTS
+
+
+def test_the_amx_variant_is_skipped_unless_asked_for(tmp_path, monkeypatch):
+    for name in ("x64", "zen4", "sapphirerapids", "haswell"):
+        (tmp_path / f"libggml-cpu-{name}.so").write_bytes(b"")
+    scores = {"x64": 1, "haswell": 10, "zen4": 20, "sapphirerapids": 30}
+    monkeypatch.setattr(llama_runtime, "variant_score", lambda p: scores[llama_runtime._variant_name(p)])
+    assert llama_runtime.best_variant(tmp_path).name == "libggml-cpu-zen4.so"
+    assert llama_runtime.best_variant(tmp_path, allow_amx=True) is None  # ggml's own choice: AMX
+    scores["sapphirerapids"] = 0  # a CPU without AMX: ggml already picks what we would
+    assert llama_runtime.best_variant(tmp_path) is None

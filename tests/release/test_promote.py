@@ -17,7 +17,7 @@ import pytest
 from helpers import Project, cli_run, error_line, qa_rows, write_jsonl
 from loraship import paths, pipeline
 from loraship.errors import GateError, VersionError
-from loraship.release import promote
+from loraship.release import checks, promote
 from loraship.serve.ollama_client import short
 from loraship.store import manifest, versions
 from loraship.store.hashing import sha256_file
@@ -82,7 +82,7 @@ def test_only_a_pass_promotes_inconclusive_is_refused_like_a_failure(tmp_path, g
         "report": "compare/report.json", "report_sha256": "0" * 64}}})
     v = versions.Version("tiny", "v2", 2, tmp_path)
     with pytest.raises(GateError) as e:
-        promote._passed_gate(v, "sha256:" + "a" * 64, "http://127.0.0.1:11434")
+        checks.passed_gate(v, "sha256:" + "a" * 64, "http://127.0.0.1:11434")
     msg = str(e.value)
     assert msg.startswith(f"tiny:v2's gate {words} ({gate['reason']}")
     assert "promote refuses; --force --reason '...' records an override" in msg

@@ -167,6 +167,21 @@ def test_a_post_without_the_pages_token_or_from_another_host_name_is_refused(ser
         ("ana", "depth", "mining:v2", "down"), ("bo", "depth", "mining:v1", "down")]
 
 
+def test_a_post_with_a_broken_content_length_is_a_400(server):
+    import http.client
+
+    for bad in ("abc", "-1", "1e3"):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.putrequest("POST", "/save")
+        conn.putheader("Host", f"127.0.0.1:{server.port}")
+        conn.putheader("Content-Length", bad)
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 400 and b"Content-Length" in resp.read(), bad
+        conn.close()
+    assert not server.review.feedback_path.exists()
+
+
 def test_only_loopback_unless_a_host_is_given_and_bad_reports_are_one_line(report_json, isolated_home):
     review = load_review(report_json.parent)  # the folder works as well as the file
     with pytest.raises(ConfigError, match="refusing to serve the review page on 0.0.0.0"):

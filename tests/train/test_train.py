@@ -106,9 +106,16 @@ def test_changed_base_is_refused_for_an_increment(isolated_home, tiny_config, ti
         pipeline.stage_train("tiny", cfg)
 
 
+def _default_sigint() -> None:
+    # A background job of a non-interactive shell (how CI scripts start suites) begins with SIGINT
+    # ignored; a child inherits that, and Python then installs no KeyboardInterrupt handler, so
+    # Ctrl-C tests would pass or fail by how pytest was launched. The child gets a user's terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "loraship.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
 
 
 def test_the_console_shows_one_line_per_epoch_and_the_full_log_stays_in_the_version(isolated_home, tiny_config):

@@ -17,26 +17,34 @@ from loraship.errors import ConfigError
 
 
 def load_gguf_tokenizer(gguf: Path):
-    """The GGUF's tokenizer for transformers: byte-level BPE rebuilt from its fields (the same
-    on every transformers release), anything else through transformers' own conversion."""
-    from transformers import AutoTokenizer
-
+    """The GGUF's tokenizer for transformers, rebuilt from its own fields (base/gguf_tokenizer.py):
+    the same on every transformers release, refused in one line where its type is unknown."""
     from loraship.base import gguf_tokenizer
 
-    if gguf_tokenizer.tokenizer_model(gguf) == "gpt2":
-        tok = gguf_tokenizer.gpt2_tokenizer(gguf)
-    else:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    tok = gguf_tokenizer.gguf_tokenizer(gguf)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None) -> Path:
+def save_gguf_tokenizer(tok, gguf: Path, out: Path) -> None:
+    """tokenizer.json and its config, plus tokenizer.model for a SentencePiece vocabulary (llama.cpp's
+    converter reads it for Llama 2, Mistral and Phi-3, as a download would carry it)."""
+    from loraship.base import gguf_tokenizer, spm_tokenizer
+
+    tok.save_pretrained(out)
+    f = gguf_tokenizer.fields(gguf)
+    if f.get("tokenizer.ggml.model") == "llama":
+        (out / "tokenizer.model").write_bytes(spm_tokenizer.sentencepiece_model(f))
+
+
+def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None,
+              extra_files: dict[str, str] | None = None) -> Path:
+    """`extra_files` (name -> text) are written into the folder before it is renamed into place."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    gguf, out = Path(gguf).resolve(), Path(out)
+    gguf, out = Path(gguf).absolute(), Path(out)  # not resolve(): a link may name the file *.gguf
     if out.exists() and (out / "config.json").exists():
         log(f"{out} already holds a model: nothing to do")
         return out
@@ -44,6 +52,7 @@ def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        tok = load_gguf_tokenizer(gguf)  # an unsupported tokenizer is refused before the long read
         log(f"reading {gguf.name} (dequantizing to float32)")
         try:
             loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
@@ -59,7 +68,9 @@ def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None
         if getattr(config, "tie_word_embeddings", False):
             plain.tie_weights()
         plain.save_pretrained(tmp, safe_serialization=True)
-        load_gguf_tokenizer(gguf).save_pretrained(tmp)
+        save_gguf_tokenizer(tok, gguf, tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         log(f"saved a plain safetensors checkpoint to {out}")
         os.replace(tmp, out)
     finally:

@@ -1,59 +1,155 @@
-"""A GGUF's byte-level BPE ("gpt2") tokenizer, rebuilt for transformers from the GGUF's own fields.
+"""A GGUF's tokenizer, rebuilt for transformers from the GGUF's own fields, for each tokenizer type
+llama.cpp's vectors prove.
 
-transformers can convert a GGUF tokenizer itself, but how depends on its release: 5.17
-(what stock CUDA images ship) turns SmolLM2's byte-level BPE into a byte-fallback
-tokenizer whose end-of-sequence token is `<|im_start|>`; the GGUF that llama.cpp's
-converter then writes aborts llama.cpp on the first tokenize (`byte_to_token`:
-unordered_map::at). Built here from tokens, merges, token types and the special-token
-ids, the tokenizer is the same on every release (the one 5.24 builds).
+transformers can convert a GGUF tokenizer itself, but neither its route nor GPT-2's one regex is
+right for every family (measured on llama.cpp's `ggml-vocab-*.gguf` vectors): 5.24 misses the
+whitespace runs of SentencePiece vocabularies and refuses Gemma 4's; GPT-2's regex splits digits,
+emoji and CJK unlike Qwen2's and Llama 3's. So loraship builds the tokenizer itself, from tokens,
+merges or scores, token types and special-token ids, with the pre-tokenizer that
+`tokenizer.ggml.pre` names (the regexes are those of the models' own tokenizer.json, which
+llama.cpp's `llama-vocab.cpp` quotes) and one documented SentencePiece layout. The result is the same
+on every transformers release. A type or pre-tokenizer not in the tables is refused in one line:
+training on tokens llama.cpp would never produce is worse than not starting.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraship.errors import ConfigError
+
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types that are special tokens
 
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_TIKTOKEN_TAIL = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}" + _TIKTOKEN_TAIL
+QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}" + _TIKTOKEN_TAIL
 
-def _fields(gguf: Path) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class BytePreTokenizer:
+    """How a byte-level BPE family splits text before merging (llama-vocab.cpp's regex_exprs)."""
+
+    splits: tuple[str, ...]  # applied in order, each keeping its matches as pieces
+    nfc: bool = False  # Qwen2's tokenizer.json normalises to NFC first
+    ignore_merges: bool = False  # Llama 3: a piece that is a whole token is taken as is
+
+
+BYTE_LEVEL_PRE = {
+    "gpt-2": BytePreTokenizer((GPT2_REGEX,)),
+    "smollm": BytePreTokenizer((r"\p{N}", GPT2_REGEX)),
+    "starcoder": BytePreTokenizer((r"\p{N}", GPT2_REGEX)),
+    "qwen2": BytePreTokenizer((QWEN2_REGEX,), nfc=True),
+    "llama-bpe": BytePreTokenizer((LLAMA3_REGEX,), ignore_merges=True),
+    "llama3": BytePreTokenizer((LLAMA3_REGEX,), ignore_merges=True),
+    "llama-v3": BytePreTokenizer((LLAMA3_REGEX,), ignore_merges=True),
+}
+SUPPORTED = "byte-level BPE (tokenizer.ggml.pre " + ", ".join(sorted(BYTE_LEVEL_PRE)) + ") and SentencePiece ('llama')"
+
+
+def fields(gguf: Path) -> dict[str, Any]:
     from gguf import GGUFReader
 
-    rd = GGUFReader(str(gguf))
-    return {k: f.contents() for k, f in rd.fields.items() if k.startswith("tokenizer.")}
+    try:
+        rd = GGUFReader(str(gguf))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{gguf}: not a readable GGUF file ({e})") from None
+    return {k: f.contents() for k, f in rd.fields.items() if k.startswith(("tokenizer.", "general.architecture"))}
 
 
 def tokenizer_model(gguf: Path) -> str | None:
-    return _fields(gguf).get("tokenizer.ggml.model")
+    return fields(gguf).get("tokenizer.ggml.model")
 
 
-def gpt2_tokenizer(gguf: Path) -> Any:
-    """A PreTrainedTokenizerFast for a GGUF whose tokenizer.ggml.model is "gpt2"."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+def special_token(f: dict[str, Any], key: str) -> str | None:
+    tokens = f["tokenizer.ggml.tokens"]
+    i = f.get(key)
+    return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
+
+
+def special_added_tokens(f: dict[str, Any]) -> list:
+    from tokenizers import AddedToken
+
+    return [AddedToken(t, special=True, normalized=False)
+            for t, kind in zip(f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"])
+            if kind in (CONTROL, USER_DEFINED)]
+
+
+def bos_post_processor(f: dict[str, Any], add_bos: bool):
+    """Prepend BOS the way llama.cpp does when the GGUF says add_bos_token (TemplateProcessing is
+    also what the converter reads back as add_bos_token)."""
+    from tokenizers import processors
+
+    bos = special_token(f, "tokenizer.ggml.bos_token_id")
+    if not add_bos or bos is None:
+        return None
+    bos_id = f["tokenizer.ggml.bos_token_id"]
+    return processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                         special_tokens=[(bos, bos_id)])
+
+
+def wrap(backend: Any, f: dict[str, Any]) -> Any:
+    """A PreTrainedTokenizerFast around a tokenizers backend, with the GGUF's special tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    f = _fields(gguf)
-    tokens, types = f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"]
-    merges = [tuple(m.split(" ", 1)) for m in f.get("tokenizer.ggml.merges") or []]
-    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, byte_fallback=False))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(f.get("tokenizer.ggml.add_space_prefix")),
-                                                     use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t, kind in zip(tokens, types) if kind in (CONTROL, USER_DEFINED)])
-
-    def token(key: str) -> str | None:
-        i = f.get(key)
-        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
-
-    eos = token("tokenizer.ggml.eos_token_id")
+    eos = special_token(f, "tokenizer.ggml.eos_token_id")
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token=token("tokenizer.ggml.bos_token_id"),
+        bos_token=special_token(f, "tokenizer.ggml.bos_token_id"),
         eos_token=eos,
-        unk_token=token("tokenizer.ggml.unknown_token_id"),
-        pad_token=token("tokenizer.ggml.padding_token_id") or eos,
+        unk_token=special_token(f, "tokenizer.ggml.unknown_token_id"),
+        pad_token=special_token(f, "tokenizer.ggml.padding_token_id") or eos,
         chat_template=f.get("tokenizer.chat_template"),
         clean_up_tokenization_spaces=False,
     )
+
+
+def byte_level_tokenizer(f: dict[str, Any], source: str = "the GGUF") -> Any:
+    """A GGUF whose tokenizer.ggml.model is "gpt2", with the pre-tokenizer tokenizer.ggml.pre names."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+
+    pre_name = f.get("tokenizer.ggml.pre") or "default"
+    pre = BYTE_LEVEL_PRE.get(pre_name)
+    if pre is None:
+        raise ConfigError(f"{source}: byte-level BPE with pre-tokenizer {pre_name!r}, which loraship does "
+                          f"not know; supported: {SUPPORTED}. Start from a model whose pre-tokenizer is listed")
+    tokens = f["tokenizer.ggml.tokens"]
+    merges = [tuple(m.split(" ", 1)) for m in f.get("tokenizer.ggml.merges") or []]
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                                   byte_fallback=False, ignore_merges=pre.ignore_merges))
+    if pre.nfc:
+        backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.splits]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    post = bos_post_processor(f, bool(f.get("tokenizer.ggml.add_bos_token", False)))
+    backend.post_processor = post or processors.ByteLevel(trim_offsets=False)
+    backend.add_special_tokens(special_added_tokens(f))
+    return wrap(backend, f)
+
+
+def gguf_tokenizer(gguf: Path) -> Any:
+    """The transformers tokenizer of a GGUF file, or a one-line ConfigError naming what is unsupported."""
+    from loraship.base import spm_tokenizer
+
+    f = fields(gguf)
+    kind = f.get("tokenizer.ggml.model")
+    if "tokenizer.ggml.tokens" not in f:
+        raise ConfigError(f"{gguf}: the GGUF holds no tokenizer (tokenizer.ggml.tokens is missing)")
+    if kind == "gpt2":
+        return byte_level_tokenizer(f, str(gguf))
+    if kind == "llama":
+        return spm_tokenizer.spm_tokenizer(f)
+    raise ConfigError(f"{gguf}: tokenizer type {kind!r} (pre-tokenizer {f.get('tokenizer.ggml.pre')!r}) is not "
+                      f"supported; supported: {SUPPORTED}. Start from the model's Hugging Face folder instead")

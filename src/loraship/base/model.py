@@ -10,7 +10,9 @@ from loraship.errors import ConfigError, ExportError
 from loraship.store.hashing import sha256_file
 
 _WEIGHT_GLOBS = ("*.safetensors",)
-_META = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+_META = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model")
+# Tokenizer files a transformers save does not write back, which the converter needs.
+TOKENIZER_EXTRAS = ("tokenizer.model",)
 
 
 def resolve(cfg: Config) -> Path:
@@ -29,9 +31,13 @@ def resolve(cfg: Config) -> Path:
     return path
 
 
-def fingerprint(path: Path) -> dict[str, Any]:
-    """Content hash of the weights and the files that change behaviour (config, tokenizer)."""
-    files = sorted(p for g in _WEIGHT_GLOBS for p in path.glob(g)) + [path / m for m in _META if (path / m).exists()]
+def fingerprint(path: Path, names: list[str] | None = None) -> dict[str, Any]:
+    """Content hash of the weights and the files that change behaviour (config, tokenizer, and the
+    SentencePiece model llama.cpp converts Llama 2 / Mistral / Phi-3 vocabularies from). `names`:
+    the files a recorded fingerprint hashed: its metadata files are hashed again (a record keeps
+    meaning what it meant when written), and every weight file always is."""
+    meta = _META if names is None else [n for n in names if not n.endswith(".safetensors")]
+    files = sorted(p for g in _WEIGHT_GLOBS for p in path.glob(g)) + [path / m for m in meta if (path / m).exists()]
     import hashlib
 
     h = hashlib.sha256()
@@ -44,7 +50,7 @@ def check_unchanged(recorded: dict[str, Any]) -> Path:
     path = Path(recorded["path"])
     if not path.exists():
         raise ExportError(f"base model {path} recorded at training is gone: restore it or point base_model there")
-    now = fingerprint(path)["sha256"]
+    now = fingerprint(path, recorded.get("files"))["sha256"]
     if now != recorded["sha256"]:
         raise ExportError(
             f"base model {path} changed since training (sha256 {recorded['sha256'][:12]} then, {now[:12]} now): "

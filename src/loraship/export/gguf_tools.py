@@ -123,6 +123,8 @@ def _describe(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
         "architecture": field_value(rd, "general.architecture"),
         "license": field_value(rd, "general.license"),
         "chat_template": field_value(rd, "tokenizer.chat_template"),
+        "tokenizer_model": field_value(rd, "tokenizer.ggml.model"),
+        "pre_tokenizer": field_value(rd, "tokenizer.ggml.pre"),
         "bos_token": token("tokenizer.ggml.bos_token_id"),
         "eos_token": token("tokenizer.ggml.eos_token_id"),
         "context_length": field_value(rd, f"{field_value(rd, 'general.architecture')}.context_length"),

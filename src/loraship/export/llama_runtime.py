@@ -30,7 +30,10 @@ from typing import Any
 from loraship.errors import ToolchainError
 
 ENV_BACKEND_DIR = "LORASHIP_GGML_BACKEND_DIR"  # where the variants are, when not beside the wheel's libs
+ENV_ALLOW_AMX = "LORASHIP_LLAMA_AMX"  # "1": let llama.cpp use its AMX variant (see best_variant)
 _VARIANT_PREFIX = "libggml-cpu-"
+# ggml's CPU variants whose kernels use AMX tiles (GGML_CPU_ALL_VARIANTS).
+AMX_VARIANTS = ("sapphirerapids",)
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,15 @@ def _load() -> Runtime:
             f"reinstall it with `make setup`, or point {ENV_BACKEND_DIR} at the folder that holds them"
         )
     backend_dir = found[0]
-    with _stderr_captured() as said:  # ggml announces each load on stderr; keep it for errors only
-        ggml.ggml_backend_load_all_from_path(str(backend_dir).encode())
+    # ggml announces each load on stderr, from C and through llama-cpp-python's log callback
+    # (Python's sys.stderr); keep it for errors only.
+    with _stderr_captured() as said, contextlib.redirect_stderr(io.StringIO()):
+        cpu = best_variant(backend_dir, allow_amx=os.environ.get(ENV_ALLOW_AMX) == "1")
+        if cpu is None:
+            ggml.ggml_backend_load_all_from_path(str(backend_dir).encode())
+        else:  # the chosen CPU variant, then every other backend the wheel carries (CUDA, ...)
+            for lib in [cpu, *other_backends(backend_dir)]:
+                ggml.ggml_backend_load(str(lib).encode())
     if ggml.ggml_backend_reg_count() == 0:
         detail = " ".join(said()[-1:]) or "no message"
         raise ToolchainError(
@@ -140,7 +150,56 @@ def _open_ggml(lib_dir: Path) -> Any:
     ggml.ggml_backend_reg_count.argtypes = []
     ggml.ggml_backend_load_all_from_path.restype = None
     ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
+    ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
     return ggml
+
+
+def variant_score(lib: Path) -> int:
+    """ggml's own score of a CPU variant for this CPU (0: it cannot run here), as
+    ggml_backend_load_best asks it."""
+    import _ctypes
+
+    try:
+        handle = ctypes.CDLL(str(lib))
+    except OSError:
+        return 0
+    try:
+        score = handle.ggml_backend_score
+        score.restype, score.argtypes = ctypes.c_int, []
+        return int(score())
+    except AttributeError:
+        return 0
+    finally:  # unmapped again: loaded_variant() reads the one ggml keeps from /proc/self/maps
+        _ctypes.dlclose(handle._handle)
+
+
+def best_variant(folder: Path, allow_amx: bool = False) -> Path | None:
+    """The CPU variant to load, or None to let ggml choose (when it would choose as we do).
+
+    ggml's AMX kernels configure the tiles once per thread and remember it (a thread_local flag);
+    PyTorch's oneDNN runs its bf16 matmuls on AMX on the same OpenMP threads and releases the tiles
+    after each. A process that runs llama.cpp, then a bf16 training step, then llama.cpp again (the
+    demo, the tests, `bench`) then dies on `tilezero` with SIGILL (seen on a Xeon with AMX). So the
+    best variant without AMX is loaded unless LORASHIP_LLAMA_AMX=1: it still has AVX-512, VNNI and
+    BF16; what it lacks is AMX's faster prompt processing of quantized weights.
+    """
+    libs = {p: variant_score(p) for p in folder.glob(f"{_VARIANT_PREFIX}*")
+            if p.suffix in (".so", ".dylib", ".dll")}
+    ranked = sorted((p for p, sc in libs.items() if sc > 0), key=lambda p: -libs[p])
+    if not ranked or allow_amx or _variant_name(ranked[0]) not in AMX_VARIANTS:
+        return None
+    return next((p for p in ranked if _variant_name(p) not in AMX_VARIANTS), None)
+
+
+def _variant_name(lib: Path) -> str:
+    return lib.name[len(_VARIANT_PREFIX):].split(".")[0]
+
+
+def other_backends(folder: Path) -> list[Path]:
+    """Backends beside the CPU variants (libggml-cuda.so in a CUDA build)."""
+    return sorted(p for p in folder.glob("libggml-*.so")
+                  if not p.name.startswith((_VARIANT_PREFIX, "libggml-base")))
 
 
 def backend_dirs(lib_dir: Path) -> list[Path]:

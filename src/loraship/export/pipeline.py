@@ -52,6 +52,9 @@ def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log) -> d
     model, check = merge_chain(model, tok, _adapters(version, train), tol, log)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    for name in base_model.TOKENIZER_EXTRAS:  # Phi-3's converter refuses to run without tokenizer.model
+        if (base_path / name).exists() and not (out / name).exists():
+            shutil.copy2(base_path / name, out / name)
     check["dtype"] = dtype
     check["qlora_merged_onto_16bit"] = bool(train["device"].get("load_in_4bit"))
     return check

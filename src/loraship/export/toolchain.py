@@ -44,7 +44,7 @@ def is_provisioned(version: str | None = None) -> bool:
     return (converter_dir(version) / _COMPLETE).exists()
 
 
-def _download_sdist(version: str, dest: Path, log: Callable[[str], None]) -> Path:
+def download_sdist(version: str, dest: Path, log: Callable[[str], None]) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     name = f"llama_cpp_python-{version}.tar.gz"
     if (dest / name).exists():
@@ -60,30 +60,41 @@ def _download_sdist(version: str, dest: Path, log: Callable[[str], None]) -> Pat
     return dest / name
 
 
-def _extract(sdist: Path, version: str, target: Path) -> None:
-    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-llama.cpp-", dir=target.parent))
+def _extract(sdist: Path, version: str, target: Path, folder: str, wanted: Callable[[str], bool],
+             marker: str, check: Callable[[Path], str | None]) -> None:
+    """The members of vendor/llama.cpp/<folder> that `wanted` takes, into `target` atomically: a
+    temporary folder, the `marker` file written last, then one rename. `check` names what is missing."""
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/{folder}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         with tarfile.open(sdist) as tar:
             members = []
             for m in tar.getmembers():
                 rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
-                if rel and any(rel == s or rel.startswith(s) for s in _MEMBERS) and (m.isfile() or m.isdir()):
+                if rel and wanted(rel) and (m.isfile() or m.isdir()):
                     m.name = rel
                     members.append(m)
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: refuse links and absolute paths
                 tar.extractall(tmp, members=members, filter="data")
             else:
                 tar.extractall(tmp, members=members)
-        missing = [s for s in _MEMBERS if not (tmp / s.rstrip("/")).exists()]
+        missing = check(tmp)
         if missing:
-            raise ToolchainError(f"{sdist.name} lacks {', '.join(missing)}: this llama-cpp-python is too old")
-        (tmp / _COMPLETE).write_text(version + "\n")
+            raise ToolchainError(f"{sdist.name} lacks {missing}: this llama-cpp-python is too old")
+        (tmp / marker).write_text(version + "\n")
         tmp.chmod(0o755)  # mkdtemp makes 0700; a container running as another uid must read it
         shutil.rmtree(target, ignore_errors=True)
         os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _converter_members(rel: str) -> bool:
+    return any(rel == s or rel.startswith(s) for s in _MEMBERS)
+
+
+def _converter_missing(tmp: Path) -> str | None:
+    return ", ".join(s for s in _MEMBERS if not (tmp / s.rstrip("/")).exists()) or None
 
 
 def provision(log: Callable[[str], None] = lambda s: None) -> Path:
@@ -93,8 +104,8 @@ def provision(log: Callable[[str], None] = lambda s: None) -> Path:
     if is_provisioned(version):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    sdist = _download_sdist(version, paths.tools_dir() / "sdist", log)
-    _extract(sdist, version, target)
+    sdist = download_sdist(version, paths.tools_dir() / "sdist", log)
+    _extract(sdist, version, target, "", _converter_members, _COMPLETE, _converter_missing)
     log(f"llama.cpp converter ready in {target}")
     return target
 
@@ -127,3 +138,17 @@ def run_converter(script: str, args: list[str], log: Callable[[str], None] = lam
         lines = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit code {proc.returncode}"
         raise ToolchainError(f"llama.cpp {script} failed: {reason}")
+
+
+def llama_models_dir(log: Callable[[str], None] = lambda s: None) -> Path:
+    """llama.cpp's models/ folder from the cached sdist, once: its vocabulary GGUFs with their token
+    test vectors and its real chat templates (the family fixtures are built from them)."""
+    version = llama_cpp_version()
+    target = paths.tools_dir() / f"llama.cpp-{version}-models"
+    if (target / _COMPLETE).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sdist = download_sdist(version, paths.tools_dir() / "sdist", log)
+    _extract(sdist, version, target, "models/", lambda rel: rel.startswith(("ggml-vocab-", "templates/")),
+             _COMPLETE, lambda tmp: None if any(tmp.glob("ggml-vocab-*.gguf")) else "models/ggml-vocab-*.gguf")
+    return target

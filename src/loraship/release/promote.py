@@ -9,13 +9,12 @@ re-pushed to the registry (release/publish.py); the registry must answer before 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from loraship.config import Config
 from loraship.errors import GateError, VersionError
-from loraship.release import audit
+from loraship.release import audit, checks, publish
 from loraship.serve.ollama_client import (
     call,
     client,
@@ -25,70 +24,19 @@ from loraship.serve.ollama_client import (
     short,
 )
 from loraship.store import manifest, versions
-from loraship.store.hashing import sha256_file
 from loraship.store.versions import Version
-
-_ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
-
-
-def _validate_alias(alias: str) -> str:
-    # vN is the versions' own tag: an alias by that name would overwrite a registered version.
-    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or re.match(r"^v[0-9]+$", alias):
-        raise VersionError(f"alias {alias!r} is not valid: use lowercase letters, digits, '_', '-', '.' and not vN "
-                           "(e.g. latest, prod)")
-    return alias
-
 
 # The audit log lives in release/audit.py; these names stay importable from here.
 _user = audit.user
 audit_entries = audit.entries
 aliases = audit.aliases
-_GERUND = {"promote": "promoting", "publish": "publishing"}
-
-
-def _passed_gate(version: Version, served: str | None, host: str, action: str = "promote") -> str:
-    """The report sha256 of a passed comparison of the digest served now; else GateError."""
-    cmp = version.stage("compare")
-    tag = f"{version.model}:{version.id}"
-    if not cmp:
-        parent = version.manifest.get("parent")
-        pair = f"{version.model}:{parent} {tag}" if parent else tag
-        raise GateError(f"{tag} has no comparison: run `loraship compare {pair}` first")
-    again = f"`loraship compare {' '.join(cmp.get('tags') or [tag])}`"
-    gate = cmp.get("gate") or {}
-    verdict = gate.get("verdict") or ("PASS" if gate.get("passed") else "FAIL")  # older records: no verdict
-    if verdict != "PASS" or not gate.get("passed"):  # only PASS promotes; INCONCLUSIVE is no evidence
-        what = "was inconclusive" if verdict == "INCONCLUSIVE" else "failed"
-        more = f"; {gate['decide']}" if gate.get("decide") else ""
-        raise GateError(f"{tag}'s gate {what} ({gate.get('reason', 'see its report')}{more}): {action} refuses; "
-                        "--force --reason '...' records an override")
-    if not same_digest(cmp.get("digest"), served):
-        raise GateError(f"{tag} was compared at digest {short(cmp.get('digest'))} but {host} serves "
-                        f"{short(served)}: run {again} again before {_GERUND[action]}")
-    report = version.path / cmp["report"]
-    if not report.exists() or sha256_file(report) != cmp["report_sha256"]:
-        raise GateError(f"{report} changed or vanished since the comparison: run {again} again")
-    return cmp["report_sha256"]
-
-
-def _check_served(version: Version, served: dict[str, str], host: str) -> None:
-    """The server serves the version's tag at the digest it was registered with."""
-    source = f"{version.model}:{version.id}"
-    if source not in served:
-        raise VersionError(f"{source} is not served by {host}: run `loraship register --model {version.model} "
-                           f"{version.id}`")
-    registered = (version.stage("register") or {}).get("digest")
-    if not same_digest(served[source], registered):
-        raise GateError(f"{source} on {host} has digest {short(served[source])}, not the registered "
-                        f"{short(registered)}: it was changed outside loraship; "
-                        f"`loraship register --model {version.model} {version.id} --force` first")
 
 
 def _move(host: str, c: Any, served: dict[str, str], version: Version, alias: str, action: str,
           extra: dict[str, Any]) -> dict[str, Any]:
     """Copy `<model>:vN` onto the alias, read it back, append the audit line."""
     source, dest = f"{version.model}:{version.id}", f"{version.model}:{alias}"
-    _check_served(version, served, host)
+    checks.check_served(version, served, host)
     before = served.get(dest)
     call(host, f"copying {source} to {dest}", lambda: c.copy(source, dest))
     after = served_digests(host, c).get(dest)
@@ -102,35 +50,19 @@ def _move(host: str, c: Any, served: dict[str, str], version: Version, alias: st
     return entry
 
 
-def gate_or_override(version: Version, served: str | None, host: str, force: bool, reason: str | None,
-                     action: str = "promote") -> dict[str, Any]:
-    """The audit fields of a passed gate, or of a --force --reason override of a gate that did not pass."""
-    extra: dict[str, Any] = {"forced": force}
-    try:
-        extra["report_sha256"] = _passed_gate(version, served, host, action)
-    except GateError as e:
-        if not force:
-            raise
-        extra.update(override_reason=reason, overridden=str(e),
-                     report_sha256=(version.stage("compare") or {}).get("report_sha256"))
-    return extra
-
-
 def promote(cfg: Config, version: Version, alias: str = "latest", *, force: bool = False,
             reason: str | None = None, log: Callable[[str], None] = lambda s: None,
             progress: Callable[[int, int], None] = lambda a, b: None) -> dict[str, Any]:
     """Point `<model>:<alias>` at the version if its gate passed at the served digest (or --force --reason)."""
-    from loraship.release import publish
-
-    _validate_alias(alias)
+    checks.validate_alias(alias)
     reason = (reason or "").strip() or None
     if force and not reason:
         raise GateError("--force needs --reason '...': an override is recorded with why")
     host = resolve_host(cfg.ollama.host)
     c = client(host, cfg.ollama.timeout_s)
     served = served_digests(host, c)
-    _check_served(version, served, host)  # no override: a forced promotion still ships what was registered
-    extra = gate_or_override(version, served.get(f"{version.model}:{version.id}"), host, force, reason)
+    checks.check_served(version, served, host)  # no override: a forced promotion still ships what was registered
+    extra = checks.gate_or_override(version, served.get(f"{version.model}:{version.id}"), host, force, reason)
     publish.preflight(cfg)
     entry = _move(host, c, served, version, alias, "promote", extra)
     return publish.repush_alias(cfg, version, alias, entry, log=log, progress=progress)
@@ -162,9 +94,7 @@ def rollback(cfg: Config, model: str, alias: str = "latest", to: str | None = No
              log: Callable[[str], None] = lambda s: None,
              progress: Callable[[int, int], None] = lambda a, b: None) -> dict[str, Any]:
     """Point the alias back at the previously promoted version (or `to`); the next run trains on top of it."""
-    from loraship.release import publish
-
-    _validate_alias(alias)
+    checks.validate_alias(alias)
     target = versions.get(model, to or _previous(model, alias))
     host = resolve_host(cfg.ollama.host)
     c = client(host, cfg.ollama.timeout_s)

@@ -23,7 +23,7 @@ from typing import Any
 from loraship.config import Config
 from loraship.errors import ConfigError, GateError, LorashipError, VersionError
 from loraship.release import audit
-from loraship.release.promote import _check_served, _validate_alias, gate_or_override
+from loraship.release.checks import check_served, gate_or_override, validate_alias
 from loraship.serve import names
 from loraship.serve.ollama_client import call, client, resolve_host, served_digests, short
 from loraship.store import manifest
@@ -188,7 +188,7 @@ def _target_for(cfg: Config, override: names.OllamaName | None) -> Target:
 
 
 def _check_alias(version: Version, alias: str) -> None:
-    _validate_alias(alias)
+    validate_alias(alias)
     points = audit.aliases(version.model).get(alias)
     if points != version.id:
         now = f"points at {points}" if points else "was never promoted"
@@ -215,7 +215,7 @@ def publish(cfg: Config, version: Version, *, alias: str | None = None, force: b
     host = resolve_host(cfg.ollama.host)
     c = client(host, cfg.ollama.timeout_s)
     served = served_digests(host, c)
-    _check_served(version, served, host)
+    check_served(version, served, host)
     extra = gate_or_override(version, served.get(source), host, force, reason, action="publish")
     check_registry(t)
     expected = gguf_digest(version)

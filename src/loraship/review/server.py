@@ -199,7 +199,10 @@ def _handler(server: ReviewServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(HTTPStatus.NOT_FOUND, "not found")
             if not server.host_ok(self.headers.get("Host")):
                 return self._send(HTTPStatus.MISDIRECTED_REQUEST, "wrong host name: open the printed URL")
-            length = int(self.headers.get("Content-Length") or 0)
+            raw_length = (self.headers.get("Content-Length") or "0").strip()
+            if not raw_length.isdigit():  # "abc", "-1": a broken client, answered, never a traceback
+                return self._send(HTTPStatus.BAD_REQUEST, "Content-Length must be a number of bytes")
+            length = int(raw_length)
             if length > MAX_BODY:
                 return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "form too large")
             form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True)

@@ -86,6 +86,25 @@ def call(host: str, what: str, fn: Callable[[], T], retries: int = _RETRIES) -> 
     raise AssertionError("unreachable")
 
 
+def show_full(host: str, name: str, timeout: float = 120.0) -> dict[str, Any]:
+    """The whole /api/show answer. The client's ShowResponse (0.6.3) drops `system` and `messages`,
+    which a base taken from Ollama must keep, so this one request goes through httpx itself."""
+    import httpx
+    import ollama
+
+    def once() -> dict[str, Any]:
+        r = httpx.post(f"{host}/api/show", json={"model": name}, timeout=timeout)
+        if r.status_code >= 400:
+            try:
+                error = r.json().get("error") or r.text
+            except ValueError:
+                error = r.text
+            raise ollama.ResponseError(error, r.status_code)
+        return r.json()
+
+    return call(host, f"showing {name}", once)
+
+
 def bare_digest(digest: str | None) -> str:
     """A digest without its `sha256:` prefix, lowercase: /api/tags and blob digests compare equal."""
     return (digest or "").lower().removeprefix("sha256:").removeprefix("sha256-")

@@ -34,7 +34,6 @@ INCREMENT_METHOD = "distill+l2"  # strategy continue: the measured best
 INCREMENT_METHOD_NOT_CONTINUE = "replay"
 DISTILL_WEIGHT = 1.0
 L2_WEIGHT = 0.03  # the best of 0.01 / 0.03 / 0.1 on a seed the matrix does not report
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _band(n_rows: int) -> tuple[str, tuple]:
@@ -76,7 +75,7 @@ def choose(
     else:
         pick("lora_r", cfg.lora_r, r, f"{n_rows} training rows ({label})")
         pick("lora_alpha", cfg.lora_alpha, alpha, f"2 x rank for {label}")
-        pick("target_modules", cfg.target_modules, None, "every attention and MLP projection the model has")
+        pick("target_modules", cfg.target_modules, None, "every linear projection in the decoder blocks (attention and MLP, fused ones included)")
     epochs_set = cfg.increment_epochs if is_increment and cfg.increment_epochs is not None else cfg.num_train_epochs
     pick("num_train_epochs", epochs_set, epochs, f"{label}: small data needs more passes")
     pick("max_seq_length", cfg.max_seq_length, seq, f"{label}")
@@ -148,13 +147,33 @@ def _increment(cfg: TrainConfig, values: dict[str, Any], reasons: dict[str, str]
             values[key], reasons[key] = default, f"default weight for {method} ({MEASURED})"
 
 
+def block_projections(model: Any) -> list[str]:
+    """Leaf names of the linear layers inside the model's repeated decoder blocks, in model order:
+    q/k/v/o and gate/up/down for Llama, Qwen2 and Mistral; Phi-3's fused qkv_proj and gate_up_proj.
+    Embeddings and the output head sit outside the blocks and are never adapted."""
+    import torch
+
+    blocks = {name for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)}
+    found: list[str] = []
+    for name, m in model.named_modules():
+        inside = any(name.startswith(b + ".") for b in blocks)
+        leaf = name.rsplit(".", 1)[-1]
+        if inside and isinstance(m, torch.nn.Linear) and leaf not in found:
+            found.append(leaf)
+    return found
+
+
 def resolve_targets(model: Any, wanted: list[str] | None) -> list[str]:
-    """Projection names present in the model (Llama/Qwen/Mistral/Gemma share these)."""
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    targets = [t for t in (wanted or DEFAULT_TARGETS) if t in names]
-    if not targets:
-        raise ConfigError(
-            f"none of the LoRA target modules {wanted or DEFAULT_TARGETS} exist in this model: "
-            "set train.target_modules to its projection names"
-        )
-    return targets
+    """The configured LoRA targets, checked against the model; by default every block projection."""
+    found = block_projections(model)
+    if wanted:
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [t for t in wanted if t not in names]
+        if missing:
+            raise ConfigError(f"train.target_modules {missing} do not exist in this model; its projections are "
+                              f"{found}: set train.target_modules to some of those")
+        return list(wanted)
+    if not found:
+        raise ConfigError("this model has no linear projections inside repeated blocks: "
+                          "set train.target_modules to the names of the layers LoRA should adapt")
+    return found

@@ -188,8 +188,7 @@ def train_version(
     if cfg.train.load_in_4bit:
         quant = _qlora_config(dev)
     model = base_model.load_model(base_path, dev.torch_dtype(), cfg.train.trust_remote_code, quant)
-    if hp["target_modules"] is None:
-        hp["target_modules"] = hparams.resolve_targets(model, None)
+    hp["target_modules"] = hparams.resolve_targets(model, hp["target_modules"])
     model, chain = _build_peft_model(cfg, version, strategy, model, parent, parent_stage, hp, log)
     keeper = retention.for_version(model, hp, strategy, parent.path / paths.ADAPTER_DIR if parent else None)
     fast = speed.plan(cfg.train, model, dev.device, dev.torch_dtype().itemsize, hp, *row_lengths(enc_train))
