@@ -12,10 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from loraship.serve.names import split_ollama_name
-
 from .faults import HTTPError
 from .goenc import go_manifest
+from .names import require
 
 MEDIA = "application/vnd.ollama.image."
 MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
@@ -59,7 +58,7 @@ class Store:
         return digest, True
 
     def manifest_path(self, name: str) -> Path:
-        n = split_ollama_name(name)
+        n = require(name)
         return self.root / "manifests" / n.host / n.namespace / n.model / n.tag
 
     def find(self, name: str) -> Path | None:

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+# llama_runtime only loads llama.cpp's CPU backend: nothing of loraship's validates here
 from loraship.export import llama_runtime
-from loraship.serve import gotemplate
 
 from .blobs_manifests import Model
 from .faults import HTTPError
+from .gorender import GoTemplateError, render
 from .params import DEFAULTS, check_options, name_of, now
 
 
@@ -29,7 +30,7 @@ class ChatAPI:
         name = name_of(body, "model")
         if not name:
             raise HTTPError(400, "model is required")
-        m = self.model(name, 404, f'model "{name}" not found, try pulling it first')
+        m = self.model(name, 404, f"model '{name}' not found")
         opts = {**DEFAULTS, **check_options(m.params(self.store), strict=False),
                 **check_options(body.get("options"), strict=False)}
         return m, opts
@@ -43,11 +44,14 @@ class ChatAPI:
         if not msgs:
             return iter([{**head, "created_at": now(), "message": {"role": "assistant", "content": ""},
                           "done_reason": "load", "done": True}])
-        prompt = gotemplate.ollama_chat_prompt(
-            m.text(self.store, "template") or "{{ .Prompt }}",
-            [{"role": x.get("role", ""), "content": x.get("content", "")} for x in msgs],
-            model_system=m.text(self.store, "system") or "",
-            model_messages=json.loads(m.text(self.store, "messages") or "[]"))
+        # ChatHandler: the model's MESSAGEs, then the request's; the model's SYSTEM first unless the
+        # request starts with a system message of its own.
+        req = [{"role": x.get("role", ""), "content": x.get("content", "")} for x in msgs]
+        conversation = [*json.loads(m.text(self.store, "messages") or "[]"), *req]
+        system = m.text(self.store, "system") or ""
+        if system and req[0]["role"] != "system":
+            conversation.insert(0, {"role": "system", "content": system})
+        prompt = self._render(m.text(self.store, "template") or "{{ .Prompt }}", conversation)
         return self._replies(m, prompt, opts, head, chat=True)
 
     def generate(self, body: dict):
@@ -57,13 +61,22 @@ class ChatAPI:
         if not prompt:
             return iter([{**head, "created_at": now(), "response": "", "done": True,
                           "done_reason": "load"}])
-        if not body.get("raw"):
-            prompt = gotemplate.ollama_generate_prompt(
-                body.get("template") or m.text(self.store, "template") or "{{ .Prompt }}",
-                prompt, system=body.get("system") or "",
-                model_system=m.text(self.store, "system") or "",
-                model_messages=json.loads(m.text(self.store, "messages") or "[]"))
+        if not body.get("raw"):  # GenerateHandler: a system (the request's, else the model's), MESSAGEs, the prompt
+            system = body.get("system") or m.text(self.store, "system") or ""
+            conversation = [{"role": "system", "content": system}] if system else []
+            conversation += json.loads(m.text(self.store, "messages") or "[]")
+            conversation.append({"role": "user", "content": prompt})
+            prompt = self._render(body.get("template") or m.text(self.store, "template") or "{{ .Prompt }}",
+                                  conversation)
         return self._replies(m, prompt, opts, head, chat=False)
+
+    def _render(self, template: str, conversation: list[dict]) -> str:
+        try:
+            prompt = render(template, conversation)
+        except GoTemplateError as e:
+            raise HTTPError(500, f"template: {e}") from None
+        self.prompts.append(prompt)  # what the runner was given: the recordings' "completion request"
+        return prompt
 
     def _replies(self, m: Model, prompt: str, opts: dict, head: dict, chat: bool):
         def chunk(text: str) -> dict:
@@ -134,7 +147,9 @@ class ChatAPI:
         t_eval = t_eval or end
         stats.update(done_reason=reason, total_duration=end - start, load_duration=load_ns,
                      prompt_eval_count=len(tokens), prompt_eval_duration=t_eval - start - load_ns,
-                     eval_count=count, eval_duration=end - t_eval, _tokens=tokens + out)
+                     eval_count=count, _tokens=tokens + out)
+        if count > 1:  # the runner times the tokens after the first; 0 is left out (omitempty), as recorded
+            stats["eval_duration"] = end - t_eval
 
 
 def _utf8_prefix(raw: bytes) -> tuple[str, bytes]:

@@ -11,12 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from loraship.errors import ConfigError
-
 from .blobs_manifests import Model, Store
 from .chat import ChatAPI
 from .faults import Faults, HTTPError
 from .models import ModelsAPI
+from .names import InvalidName
 from .push_pull import TransferAPI
 from .server import Handler, QuietServer
 
@@ -36,6 +35,7 @@ class OllamaDouble(ModelsAPI, ChatAPI, TransferAPI):
         self._lock = threading.RLock()      # manifests and blobs change under it
         self._gen_lock = threading.Lock()   # one generation at a time, like one runner
         self._llamas: dict[tuple[str, int], Any] = {}
+        self.prompts: list[str] = []        # every prompt handed to the runner, in order
     # -------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
@@ -73,7 +73,7 @@ class OllamaDouble(ModelsAPI, ChatAPI, TransferAPI):
     def model(self, name: str, status: int = 404, message: str | None = None) -> Model:
         try:
             path = self.store.find(name)
-        except ConfigError:
+        except InvalidName:
             raise HTTPError(400, "invalid model name") from None
         if path is None:
             raise HTTPError(status, message or f"model '{name}' not found")

@@ -11,14 +11,12 @@ import struct
 from pathlib import PurePosixPath
 from typing import Any
 
-from loraship.errors import ConfigError
-from loraship.serve import gotemplate
-from loraship.serve.names import split_ollama_name
-
 from .blobs_manifests import CONFIG_MEDIA, MANIFEST_MEDIA, MEDIA, Model, Store, local_manifest_bytes
 from .faults import HTTPError
 from .gguf_meta import FILE_TYPES, read_gguf
 from .goenc import go_json, go_quote, go_value, human_number
+from .gorender import GoTemplateError, template_vars
+from .names import parse_valid
 from .params import check_options, name_of
 
 
@@ -26,26 +24,28 @@ class ModelsAPI:
     def create(self, body: dict):
         """Validate (errors before streaming), then return the progress generator."""
         name = name_of(body, "model", "name")
-        try:
-            split_ollama_name(name)
-        except ConfigError:
-            raise HTTPError(400, "invalid model name") from None
+        if parse_valid(name) is None:
+            raise HTTPError(400, "invalid model name")
         files = body.get("files") or {}
         for key in [*files, *(body.get("adapters") or {})]:
             parts = PurePosixPath(key).parts
             if not key or key.startswith("/") or ".." in parts or "\\" in key or ":" in key:
                 raise HTTPError(400, "file path must be relative")
-        params = check_options(body.get("parameters"), strict=True)
+        # A real server creates the model whatever the parameters say (recorded: an unknown name and
+        # a wrongly typed value both answer 200); the ones it knows, with the right type, are kept.
+        params = check_options(body.get("parameters"), strict=False, drop_bad=True)
         if body.get("template"):
             try:
-                gotemplate.parse(body["template"])
-            except gotemplate.TemplateError as e:
+                template_vars(body["template"])
+            except GoTemplateError as e:
                 raise HTTPError(400, f"template error: {e}") from None
         return self._create_steps(name, body, files, params)
 
     def _create_steps(self, name: str, body: dict, files: dict, params: dict):
         with self._lock:
             layers, statuses, config = yield from self._base_layers(body, files)
+            if body.get("quantize"):
+                self._refuse_quantize(config)
             layers, statuses, params = self._overrides(layers, statuses, body, params)
             yield from ({"status": s} for s in statuses)
             config["rootfs"] = {"type": "layers", "diff_ids": [x["digest"] for x in layers]}
@@ -61,6 +61,15 @@ class ModelsAPI:
             if old is not None:
                 self.store.prune({x["digest"] for x in [old["config"], *old["layers"]]})
         yield {"status": "success"}
+
+    @staticmethod
+    def _refuse_quantize(config: dict) -> None:
+        """A server quantizes F16, BF16 and F32 files only, by the name of their file type (an all-F32
+        file reads as "unknown", so it is refused too: recorded). The double quantizes nothing, and
+        says so rather than create an unquantized model as if it had."""
+        if config.get("file_type") not in ("F16", "BF16", "F32"):
+            raise HTTPError(500, "quantization is only supported for F16, BF16 and F32 models")
+        raise HTTPError(501, "the Ollama test double does not implement 'quantize'")
 
     def _base_layers(self, body: dict, files: dict):
         if body.get("from"):
@@ -80,7 +89,10 @@ class ModelsAPI:
         return layers, [f"using existing layer {x['digest']}" for x in layers], config
 
     def _gguf_layer(self, digest: str, layers: list, kind: str = "model") -> dict | None:
-        path = self.store.blob(digest)
+        try:
+            path = self.store.blob(digest)
+        except HTTPError as e:  # GetBlobsPath's error surfaces from create as a 500 (recorded)
+            raise HTTPError(500, e.message) from None
         if not path.exists():
             raise HTTPError(500, f"open {path}: no such file or directory")
         try:
@@ -96,7 +108,8 @@ class ModelsAPI:
         arch = kv.get("general.architecture", "")
         return {"model_format": "gguf", "model_family": arch, "model_families": [arch],
                 "model_type": human_number(n_params),
-                "file_type": FILE_TYPES.get(kv.get("general.file_type", -1), "unknown"),
+                # KV.FileType(): a general.file_type of 0 (all F32) reads as unset, so "unknown" (recorded)
+                "file_type": FILE_TYPES.get(kv.get("general.file_type") or -1, "unknown"),
                 "architecture": "amd64", "os": "linux"}
 
     def _overrides(self, layers: list, statuses: list, body: dict, params: dict):
@@ -149,15 +162,18 @@ class ModelsAPI:
         with self._lock:
             m = self.model(name)
             kv, n_params = read_gguf(self.model_blob(m))
+            for key in ("general.name", "tokenizer.chat_template"):  # GetModelInfo leaves these out
+                kv.pop(key, None)
             params = m.params(self.store)
             template = m.text(self.store, "template")
             system = m.text(self.store, "system")
             licenses = [self.store.blob(x["digest"]).read_text("utf-8") for x in m.layers("license")]
             msgs = json.loads(m.text(self.store, "messages") or "[]")
+            parent = next((x.get("from", "") for x in m.manifest["layers"] if x["mediaType"] == MEDIA + "model"), "")
             resp = {"modelfile": self._modelfile(m, template, system, params, licenses, msgs),
                     "parameters": "\n".join(f"{k:<30} {go_value(v)}" for k, vs in sorted(params.items())
                                             for v in (vs if isinstance(vs, list) else [vs])),
-                    "template": template or "{{ .Prompt }}", "details": self.details(m),
+                    "template": template or "{{ .Prompt }}", "details": {**self.details(m), "parent_model": parent},
                     "model_info": {**kv, "general.parameter_count": n_params},
                     "capabilities": self._capabilities(template), "modified_at": m.modified_at()}
         if system:
@@ -172,8 +188,7 @@ class ModelsAPI:
         lines = ['# Modelfile generated by "ollama show"',
                  "# To build a new Modelfile based on this, replace FROM with:",
                  f"# FROM {m.name}", "", f"FROM {self.model_blob(m)}"]
-        if template:
-            lines.append(f"TEMPLATE {go_quote(template)}")
+        lines.append(f"TEMPLATE {go_quote(template or '{{ .Prompt }}')}")  # the default one, shown too
         if system:
             lines.append(f"SYSTEM {go_quote(system)}")
         for k, vs in sorted(params.items()):
@@ -185,16 +200,14 @@ class ModelsAPI:
 
     @staticmethod
     def _capabilities(template: str | None) -> list[str]:
-        ids = gotemplate.parse(template).identifiers() if template else set()
+        ids = template_vars(template) if template else set()
         return ["completion"] + [c for c, v in (("tools", "tools"), ("insert", "suffix")) if v in ids]
 
     def copy(self, body: dict) -> None:
         src, dst = name_of(body, "source"), name_of(body, "destination")
         for label, value in (("source", src), ("destination", dst)):
-            try:
-                split_ollama_name(value)
-            except ConfigError:
-                raise HTTPError(400, f'{label} "{value}" is invalid') from None
+            if parse_valid(value) is None:
+                raise HTTPError(400, f'{label} "{value}" is invalid')
         with self._lock:
             m = self.model(src, 404, f'model "{src}" not found')
             target = self.store.find(dst) or self.store.manifest_path(dst)

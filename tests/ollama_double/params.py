@@ -5,9 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from loraship.serve.modelfile import PARAMETER_KINDS
-
 from .faults import HTTPError
+
+# api/types.go in Ollama: the Options fields and the Runner fields (their json names and Go types),
+# the only keys a server's options and parameters know.
+PARAMETER_KINDS = {
+    "num_keep": "int", "seed": "int", "num_predict": "int", "top_k": "int", "top_p": "float",
+    "min_p": "float", "typical_p": "float", "repeat_last_n": "int", "temperature": "float",
+    "repeat_penalty": "float", "presence_penalty": "float", "frequency_penalty": "float", "stop": "list",
+    "num_ctx": "int", "num_batch": "int", "num_gpu": "int", "main_gpu": "int", "use_mmap": "bool",
+    "num_thread": "int",
+}
 
 DEFAULTS = {"num_ctx": 2048, "temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0,
             "typical_p": 1.0, "repeat_penalty": 1.1, "presence_penalty": 0.0,
@@ -29,8 +37,9 @@ def name_of(body: dict, *keys: str) -> str:
     return ""
 
 
-def check_options(opts: Any, strict: bool) -> dict[str, Any]:
-    """Options / create parameters: known names with JSON values of the right kind."""
+def check_options(opts: Any, strict: bool, drop_bad: bool = False) -> dict[str, Any]:
+    """Options / create parameters: known names with JSON values of the right kind. `drop_bad`:
+    a wrongly typed value is left out instead of refused (what /api/create does, recorded)."""
     if opts is None:
         return {}
     if not isinstance(opts, dict):
@@ -47,6 +56,8 @@ def check_options(opts: Any, strict: bool) -> dict[str, Any]:
               "bool": lambda v: isinstance(v, bool),
               "list": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}[kind]
         if value is not None and not ok(value):
+            if drop_bad:
+                continue
             want = {"int": "integer", "float": "float32", "bool": "boolean",
                     "list": "array of strings"}[kind]
             raise HTTPError(400, f"option {key!r} must be of type {want}".replace("'", '"'))

@@ -18,13 +18,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from loraship.errors import ConfigError
-from loraship.serve.names import split_ollama_name
-
 from .blobs_manifests import MANIFEST_MEDIA, Store, manifest_blobs
 from .download import download_blob
 from .faults import HTTPError
 from .goenc import go_manifest
+from .names import InvalidName, parse_valid
 from .params import name_of
 from .registry_http import GoError, ModelPath, make_request_with_retry
 from .transfer import Options
@@ -40,7 +38,7 @@ class TransferAPI:
         """getExistingName: a stored model's own spelling when the name matches one case-insensitively."""
         try:
             path = self.store.find(name)
-        except ConfigError:
+        except InvalidName:
             return name
         return Store.display_name(path) if path is not None else name
 
@@ -71,23 +69,21 @@ class TransferAPI:
     def _local_manifest(self, name: str) -> dict[str, Any] | None:
         try:
             path = self.store.find(name)
-        except ConfigError:
+        except InvalidName:
             return None
         return json.loads(path.read_bytes()) if path is not None else None
 
     def _missing_manifest(self, name: str) -> str:
         try:
             return f"open {self.store.manifest_path(name)}: no such file or directory"
-        except ConfigError:  # GetManifestPath refuses an invalid name with fs.ErrNotExist
+        except InvalidName:  # GetManifestPath refuses an invalid name with fs.ErrNotExist
             return "file does not exist"
 
     # -------------------------------------------------------------- pull
     def pull(self, body: dict) -> Progress:
         name = name_of(body, "model", "name")
-        try:
-            split_ollama_name(name)
-        except ConfigError:
-            raise HTTPError(400, "invalid model name") from None
+        if parse_valid(name) is None:
+            raise HTTPError(400, "invalid model name")
         return self._failing_as_ollama(self._pull(self._existing_name(name), body.get("insecure") is True))
 
     def _pull(self, name: str, insecure: bool) -> Progress:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from loraship.serve.names import DEFAULT_HOST
-
 from .faults import HTTPError
+from .names import DEFAULT_HOST
 
 USE_LAST_RESPONSE = object()  # http.ErrUseLastResponse
 REDIRECTS = (301, 302, 303, 307, 308)

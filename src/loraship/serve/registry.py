@@ -102,18 +102,18 @@ def _existing(version: Version, tag: str, host: str, served: dict[str, str], tex
                       "did not register: pass --force to replace it")
 
 
-def _blob_exists(c: Any, digest: str) -> bool:
-    # The client's create_blob always uploads; a HEAD on the client's own connection
-    # (same host, headers, timeout) skips re-sending a multi-GB file the server already holds.
+def _blob_exists(http: Any, digest: str) -> bool:
+    # The client's create_blob always uploads (and hashes the file again); a HEAD first skips
+    # re-sending a multi-GB file the server already holds.
     import ollama
 
-    r = c._client.head(f"/api/blobs/{digest}")
+    r = http.head(f"/api/blobs/{digest}")
     if r.status_code in (200, 404):
         return r.status_code == 200
     raise ollama.ResponseError(r.text or f"HEAD /api/blobs answered {r.status_code}", r.status_code)
 
 
-def _upload(c: Any, path: Path, digest: str, progress: Progress) -> None:
+def _upload(http: Any, path: Path, digest: str, progress: Progress) -> None:
     import ollama
 
     total = path.stat().st_size
@@ -127,17 +127,22 @@ def _upload(c: Any, path: Path, digest: str, progress: Progress) -> None:
                 yield chunk
 
     # Content-Length rather than chunked encoding: proxies in front of Ollama handle it better.
-    r = c._client.post(f"/api/blobs/{digest}", content=chunks(), headers={"Content-Length": str(total)})
+    r = http.post(f"/api/blobs/{digest}", content=chunks(), headers={"Content-Length": str(total)})
     if r.status_code not in (200, 201):
         raise ollama.ResponseError(r.text, r.status_code)
 
 
-def _ensure_blob(host: str, c: Any, gguf: Path, digest: str, log: Log, progress: Progress) -> None:
-    if call(host, "checking the blob", lambda: _blob_exists(c, digest)):
-        log(f"server already has {gguf.name} ({short(digest)}): upload skipped")
-        return
-    log(f"uploading {gguf.name} ({gguf.stat().st_size / 1e6:.1f} MB) to {host}")
-    call(host, f"uploading {gguf.name}", lambda: _upload(c, gguf, digest, progress))
+def _ensure_blob(host: str, timeout: float, gguf: Path, digest: str, log: Log, progress: Progress) -> None:
+    """HEAD and POST /api/blobs (documented API calls the client has no progress-reporting form of)
+    through httpx itself, never the client's private connection."""
+    import httpx
+
+    with httpx.Client(base_url=host, timeout=timeout) as http:
+        if call(host, "checking the blob", lambda: _blob_exists(http, digest)):
+            log(f"server already has {gguf.name} ({short(digest)}): upload skipped")
+            return
+        log(f"uploading {gguf.name} ({gguf.stat().st_size / 1e6:.1f} MB) to {host}")
+        call(host, f"uploading {gguf.name}", lambda: _upload(http, gguf, digest, progress))
 
 
 def _go_unquote(value: str) -> str:
@@ -218,7 +223,7 @@ def register_version(
     if previous:
         return previous
     gguf, blob, args = built["gguf"], built["blob_digest"], built["args"]
-    _ensure_blob(host, c, gguf, blob, log, progress)
+    _ensure_blob(host, cfg.ollama.timeout_s, gguf, blob, log, progress)
     call(host, f"creating {tag}", lambda: c.create(model=tag, files={gguf.name: blob}, stream=False, **args))
     try:
         digest = _read_back(host, c, tag, args)
