@@ -252,14 +252,18 @@ def train_version(
         log(f"resuming from {start_from.name}" if start_from else "no complete checkpoint to resume from: "
             "training from the first step")
     result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
-    if not is_main_process():
-        return {}
 
     tmp_adapter = version.path / f"{paths.TMP_PREFIX}{paths.ADAPTER_DIR}"
-    shutil.rmtree(tmp_adapter, ignore_errors=True)
+    if is_main_process():
+        shutil.rmtree(tmp_adapter, ignore_errors=True)
     if keeper is not None:
         keeper.detach(trainer.model)  # the parent's adapter is not part of this version
-    trainer.model.save_pretrained(tmp_adapter, safe_serialization=True)
+    # Every rank takes part: under FSDP the full adapter state dict is gathered from all of them
+    # (a rank-0-only save_pretrained would hang or write a shard); only the main process writes.
+    trainer.save_model(str(tmp_adapter))
+    if not is_main_process():
+        return {}
+    (tmp_adapter / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest records the arguments
     tok.save_pretrained(tmp_adapter)
     history = trainer.state.log_history
     _loss_curve_png(history, version.path / LOSS_PNG)
