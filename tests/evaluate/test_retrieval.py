@@ -347,9 +347,16 @@ def test_with_ollama_the_base_answers_through_its_gguf_or_a_named_tag(project):
     tags = [project.tag("v1"), project.tag("v2")]
     cfg = project.cfg(**{"gate.preset": "beat-retrieval"})  # the preset turns the retrieval rows on
     _, result, _ = pipeline.stage_compare(tags, cfg)
+    # One engine per comparison: the base is served as <model>:base and answers through Ollama too.
     backends_ = {a["label"]: a["backend"] for a in result["retrieval"]["arms"]}
-    assert backends_ == {"base+retrieval": "llama.cpp", tags[0] + "+retrieval": "ollama",
+    assert backends_ == {"base+retrieval": "ollama", tags[0] + "+retrieval": "ollama",
                          tags[1] + "+retrieval": "ollama"}
+    base_tag = f"{project.model}:base"
+    assert result["retrieval"]["arms"][0]["weights"] == base_tag and base_tag in result["retrieval"]["base"]
+    served = project.server.tags()
+    assert base_tag in served
+    pipeline.stage_compare(tags, cfg)  # again: the served base is reused, not created anew
+    assert project.server.tags()[base_tag] == served[base_tag]
     check = next(c for c in result["gate"]["checks"] if c["name"] == "retrieval_gain")
     assert check["threshold"] == 5.0 and check["questions"] == len(result["questions"])
     cfg = project.cfg(**{"compare.retrieval_base": tags[0]})  # a served tag standing for the base

@@ -216,7 +216,6 @@ def make_retriever(passages: list[retrieval.Passage], cfg: Config) -> retrieval.
 
 def _base_arm(cfg: Config, newest: Any, backend_name: str, backend: Backend,
               log: Callable[[str], None]) -> tuple[Candidate, Backend, str, list[Any]]:
-    from loraship.evaluate import backends
     from loraship.evaluate.base_gguf import build_base_gguf
 
     wanted = cfg.compare.retrieval_base
@@ -229,12 +228,15 @@ def _base_arm(cfg: Config, newest: Any, backend_name: str, backend: Backend,
                               "(the llama.cpp backend needs a path; leave it unset to build the base's GGUF)")
         return Candidate(tag="base", version="base", gguf_path=path), backend, f"GGUF {path}", []
     gguf = build_base_gguf(cfg, newest, log)
-    note = f"the training base as GGUF ({gguf.name}), via llama.cpp"
     if backend_name == "llama.cpp":
+        note = f"the training base as GGUF ({gguf.name}), via llama.cpp"
         return Candidate(tag="base", version="base", gguf_path=gguf), backend, note, []
-    # The base has no tag on the server; its GGUF answers through llama.cpp with its own chat template.
-    local = backends.LlamaCppBackend(n_ctx=cfg.ollama.num_ctx or 2048)
-    return Candidate(tag="base", version="base", gguf_path=gguf), local, note, [local]
+    # One engine per comparison: the base is served as <model>:base like the versions, so its
+    # answers come from the same server, sampler defaults and kind of TEMPLATE as the candidates'.
+    from loraship.serve.registry import register_base, served_num_ctx
+
+    tag = register_base(cfg, newest.model, gguf, served_num_ctx(cfg, newest.stage("train")), log=log)
+    return Candidate(tag=tag, version="base"), backend, f"the training base as GGUF ({gguf.name}), served as {tag}", []
 
 
 def build_plan(cfg: Config, versions: list[Any], candidates: list[Candidate], questions: list,

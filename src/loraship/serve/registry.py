@@ -41,6 +41,11 @@ def tag_for(version: Version) -> str:
     return f"{version.model}:{version.id}"
 
 
+def served_num_ctx(cfg: Config, train: dict[str, Any]) -> int:
+    """The context a served model gets: ollama.num_ctx, else room for the longest training row."""
+    return cfg.ollama.num_ctx or max(2048, int(train["hyperparameters"]["max_seq_length"]))
+
+
 def build_modelfile(cfg: Config, version: Version, template_file: Path | None = None,
                     stops: list[str] | None = None) -> tuple[str, dict[str, Any]]:
     """The Modelfile text (FROM relative to the version folder) and the matching create() arguments."""
@@ -54,7 +59,7 @@ def build_modelfile(cfg: Config, version: Version, template_file: Path | None = 
                                              bos_token=bos, eos_token=eos)
     family = f"{fmt.family} ({fmt.variant})"
     train = version.stage("train")
-    num_ctx = cfg.ollama.num_ctx or max(2048, int(train["hyperparameters"]["max_seq_length"]))
+    num_ctx = served_num_ctx(cfg, train)
     gguf_sha = sha256_file(gguf)
     header = {
         "loraship version": f"{version.model} {version.id}",
@@ -232,3 +237,34 @@ def register_version(
         raise
     record = {"tag": tag, "host": host, "digest": digest, "blob_digest": blob, "template_family": built["family"]}
     return _record(version, record, text)
+
+
+BASE_TAG = "base"  # `<model>:base`: the training base, served like the versions (compare's baseline row)
+
+
+def register_base(cfg: Config, model: str, gguf: Path, num_ctx: int, *, log: Log = lambda s: None,
+                  progress: Progress = lambda a, b: None) -> str:
+    """Serve the base's GGUF as `<model>:base` with the TEMPLATE, stops and options a version gets,
+    so a comparison's baseline answers through the same engine as its candidates. Created again
+    only when the server lacks it or serves other settings; returns the tag."""
+    host = resolve_host(cfg.ollama.host)
+    tag = f"{model}:{BASE_TAG}"
+    chat_template, bos, eos = chat_templates.gguf_chat_metadata(gguf)
+    fmt = chat_templates.resolve_chat_format(chat_template, bos_token=bos, eos_token=eos)
+    args = modelfile.ollama_create_args(template=fmt.template, stops=list(fmt.stops), num_ctx=num_ctx,
+                                        temperature=cfg.ollama.temperature, seed=cfg.ollama.seed,
+                                        system=cfg.ollama.system, license=cfg.ollama.license)
+    c = client(host, cfg.ollama.timeout_s)
+    blob = "sha256:" + sha256_file(gguf)
+    if tag in served_digests(host, c):
+        shown = call(host, f"reading {tag}", lambda: c.show(tag))
+        same_model = (shown.modelfile or "").find(f"sha256-{blob.split(':', 1)[1]}") >= 0
+        if same_model and (shown.template or "") == args["template"] and \
+                shown_stops(shown.parameters) == args["parameters"]["stop"]:
+            return tag
+    _ensure_blob(host, cfg.ollama.timeout_s, gguf, blob, log, progress)
+    log(f"serving the training base as {tag} (the baseline answers through Ollama like the versions)")
+    call(host, f"creating {tag}", lambda: c.create(model=tag, files={gguf.name: blob}, stream=False, **args))
+    _read_back(host, c, tag, args)
+    return tag
+
