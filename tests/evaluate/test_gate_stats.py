@@ -255,3 +255,27 @@ def test_add_check_settles_the_verdict_again():
                        "passed": False, "reason": "extra check failed"})
     assert (g["verdict"], g["passed"], g["reason"]) == ("FAIL", False, "extra check failed")
     assert g["checks"][-1]["result"] == "FAIL"
+
+
+_NUMBER = r"[+-]?\d+(?:\.\d+)?"
+
+
+@pytest.mark.parametrize(("new", "old"), [
+    (pairs(both=5, gained=45, neither=10), pairs(both=80, gained=10, neither=10)),  # old knowledge rose
+    (pairs(gained=60), pairs(both=20, lost=30, neither=10)),  # lost
+    (pairs(both=10, gained=3, lost=1, neither=20), pairs(both=12, gained=5, lost=1, neither=12)),
+    (pairs(both=20, neither=40), pairs(both=60)),  # no change at all
+])
+def test_every_printed_estimate_lies_inside_its_printed_interval_with_one_sign(new, old):
+    """'did not drop (+11.1 points) (95% interval -26.7 to +5.2)' once printed a gain beside the
+    loss's interval: each reason states the interval's own quantity, and its number sits inside."""
+    import re
+
+    result = table(new, old)
+    for name in ("new_gain", "old_loss"):
+        c = check(result, name)
+        point = float(re.search(rf"({_NUMBER}) points", c["reason"]).group(1))
+        low, high = (float(x) for x in re.search(rf"interval ({_NUMBER}) to ({_NUMBER})", c["reason"]).groups())
+        assert low <= point <= high, c["reason"]
+        assert abs(point - c["value"]) < 0.051 and [low, high] == pytest.approx(c["interval"], abs=0.051), c
+

@@ -213,8 +213,10 @@ def _loss_check(agg: dict, gate: GateConfig, has_parent: bool) -> dict:
     iv = agg.get("intervals", {}).get("old_loss")
     if not has_parent or v is None or iv is None:
         return _not_measured("old_loss", label, gate.max_old_loss, has_parent, "old")
-    what = (f"old-knowledge accuracy dropped {v:.1f} points" if v > 0
-            else f"old-knowledge accuracy did not drop ({0.0 - v:+.1f} points)")
+    # The estimate is stated as the quantity its interval bounds (the loss), with the same sign,
+    # so a rise reads "lost -11.1 points (95% interval -26.7 to +5.2)", never "+11.1" beside it.
+    what = (f"old-knowledge accuracy lost {v:+.1f} points" if v > 0
+            else f"old-knowledge accuracy did not drop: lost {v:+.1f} points")
     return _bounded("old_loss", label, what, v, iv, gate.max_old_loss, False, agg["n_old"], gate)
 
 
