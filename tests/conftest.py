@@ -119,13 +119,14 @@ def model_name(ollama_host):
     """A model name for one test: the plain name on the double; on a real server a unique one, with
     every tag it made deleted afterwards, failed or not, so the suite can run again on that server."""
     made: list[str] = []
+    real = bool(os.environ.get("OLLAMA_HOST"))  # before the test points OLLAMA_HOST at the double
 
     def name(base: str) -> str:
-        made.append(base if not os.environ.get("OLLAMA_HOST") else f"{base}-{uuid.uuid4().hex[:8]}")
+        made.append(f"{base}-{uuid.uuid4().hex[:8]}" if real else base)
         return made[-1]
 
     yield name
-    if os.environ.get("OLLAMA_HOST"):
+    if real:
         import ollama
 
         c = ollama.Client(host=ollama_host)
