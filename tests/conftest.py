@@ -131,7 +131,7 @@ def model_name(ollama_host):
 
         c = ollama.Client(host=ollama_host)
         for m in c.list().models:
-            if any(m.model.startswith(f"{n}:") for n in made):
+            if any(m.model.startswith(f"{n}:") or f"/{n}:" in m.model for n in made):
                 c.delete(m.model)
 
 
@@ -167,10 +167,10 @@ def project(isolated_home, exported, server):
     (isolated_home / "train").mkdir(exist_ok=True)
     shutil.copy(exported / "train" / f"{PREPARED}.yaml", isolated_home / "train" / f"{model}.yaml")
     yield Project(model, isolated_home, server)
-    if server.double is None:  # leave a real server as it was
+    if server.double is None:  # leave a real server as it was, publish's registry-named copies too
         c = server.client()
         for name in server.tags():
-            if name.startswith(f"{model}:"):
+            if name.startswith(f"{model}:") or f"/{model}:" in name:
                 c.delete(name)
 
 

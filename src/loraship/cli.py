@@ -377,7 +377,8 @@ def promote_cmd(tag, alias, force, reason, config_path, sets):
 def _echo_republished(e: dict) -> None:
     if e.get("published"):
         p = e["published"]
-        click.echo(f"re-pushed {p['name']} (model layer {short(p['model_layer'])}, verified in the registry)")
+        click.echo(f"re-pushed {p['name']} (model layer {short(p['model_layer'])}, verified in the registry; "
+                   "this server keeps that name as a copy sharing the version's blobs)")
 
 
 @cli.command("rollback", short_help="Move an alias back to the previously promoted version.")
@@ -446,6 +447,8 @@ def publish_cmd(target, model, registry, namespace, insecure, alias, force, reas
         click.echo(f"published {p['name']}: model layer {short(p['model_layer'])} verified in the registry "
                    f"(push {p['push_s']:.1f} s, check {p['verify_s']:.1f} s)")
     click.echo(f"pull it anywhere: ollama pull {rec['name']}{' --insecure' if rec['insecure'] else ''}")
+    kept = " ".join(p["name"] for p in rec["pushes"])
+    click.echo(f"this server keeps {kept} (copies sharing every blob with the version; `ollama rm` them if unwanted)")
 
 
 @cli.command("versions", short_help="Table of versions: parent, date, dataset, gate, tags.")

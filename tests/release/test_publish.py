@@ -88,6 +88,8 @@ def test_publish_then_pull_on_another_server_answers_the_same(registered, regist
     assert f"published {name}: model layer {short(gguf)} verified in the registry" in out
     assert f"ollama pull {name} --insecure" in out
     assert registry.model_layer(f"team/{p.model}", "v2") == gguf
+    assert f"this server keeps {name} (copies sharing every blob" in out  # and it does:
+    assert p.server.tags()[name] == p.server.tags()[f"{p.model}:v2"]
 
     rec = p.version("v2").stage("publish")[name]
     assert (rec["registry"], rec["namespace"], rec["model_layer"], rec["forced"]) == (registry.host, "team", gguf, False)
