@@ -164,7 +164,7 @@ def train_plain(spec: dict) -> dict:
 
 
 def _checkpointing(cls, enabled: bool) -> dict:
-    from loraship.train.lora import checkpointing_argument
+    from loraship.train.arguments import checkpointing_argument
 
     return checkpointing_argument(cls, enabled)
 

@@ -26,6 +26,7 @@ from loraship.store import manifest
 from loraship.store.versions import Version, get
 from loraship.train import completion_loss, console, hparams, retention, speed
 from loraship.train import device as device_mod
+from loraship.train.arguments import training_arguments
 from loraship.train.chat_data import encode_rows, row_lengths
 
 CHECKPOINTS = "checkpoints"
@@ -132,19 +133,8 @@ def _loss_curve_png(history: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def train_version(
-    cfg: Config, version: Version, *, resume: bool = False, log: Progress = lambda s: None,
-    progress: console.Progress | None = None,
-) -> dict[str, Any]:
-    """Train `version` (whose data stage is done). Returns the manifest's `stages.train` record.
-
-    The adapter is written to a temp folder and renamed into place; until then the
-    version has no `stages.train` and nothing looks finished. Checkpoints stay in
-    `checkpoints/` so `--resume` can continue after an interrupt.
-    """
-    import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-
+def _check_trainable(version: Version, resume: bool) -> Path:
+    """The checkpoints folder, once the version is known to be ready for training."""
     if version.stage("train"):
         raise VersionError(f"{version.model} {version.id} is already trained; prepare new data for the next version")
     if not version.stage("data"):
@@ -155,85 +145,160 @@ def train_version(
             f"{version.id} has checkpoints from an interrupted run: continue with `loraship train --resume`, "
             f"or delete {ckpt_dir} to start over"
         )
-    started = time.time()
-    dev = device_mod.choose(cfg.train.device, cfg.train.dtype)
-    base_path = base_model.resolve(cfg)
-    fingerprint = base_model.fingerprint(base_path)
-    parent, parent_stage = _parent_stage(version)
+    return ckpt_dir
+
+
+def _check_same_base(parent: Version | None, parent_stage: dict | None, base_path: Path, fingerprint: dict) -> None:
     if parent_stage and parent_stage["base"]["sha256"] != fingerprint["sha256"]:
         raise VersionError(
             f"{parent.id} was trained on base {parent_stage['base']['path']} (sha256 {parent_stage['base']['sha256'][:12]}), "
             f"but base_model now is {base_path} ({fingerprint['sha256'][:12]}): point base_model back, or start over with --fresh"
         )
-    strategy = _strategy(cfg, version)
-    data_dir = version.path / paths.DATA_DIR
-    train_rows = data.load_rows(data_dir / "incremental_replay_final.jsonl")
-    val_rows = data.load_rows(data_dir / "val.jsonl")
+
+
+def _choose_hparams(cfg: Config, n_rows: int, dev, parent: Version | None, parent_stage: dict | None,
+                    strategy: str, log: Progress) -> tuple[dict, dict]:
     parent_lora = parent_stage["lora"] if (strategy == "continue" and parent_stage) else None
-    hp, reasons = hparams.choose(cfg.train, len(train_rows), is_increment=parent is not None,
+    hp, reasons = hparams.choose(cfg.train, n_rows, is_increment=parent is not None,
                                  device=dev.device, parent_lora=parent_lora, strategy=strategy,
                                  parent_learning_rate=(parent_stage or {}).get("hyperparameters", {}).get("learning_rate"))
     log(f"device: {dev.reason}")
     for k in ("lora_r", "lora_alpha", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
               "gradient_accumulation_steps", "max_seq_length", "warmup_steps"):
         log(f"  {k} = {hp[k]}  ({reasons[k]})")
+    return hp, reasons
 
-    tok = base_model.load_tokenizer(base_path, cfg.train.trust_remote_code)
-    enc_train = encode_rows(tok, train_rows, hp["max_seq_length"], cfg.ollama.system)
-    enc_val = encode_rows(tok, val_rows, hp["max_seq_length"], cfg.ollama.system)
+
+def _encode(cfg: Config, tok, train_rows: list, val_rows: list, max_len: int, log: Progress):
+    enc_train = encode_rows(tok, train_rows, max_len, cfg.ollama.system)
+    enc_val = encode_rows(tok, val_rows, max_len, cfg.ollama.system)
     if enc_train.truncated or enc_val.truncated:
-        log(f"truncated {enc_train.truncated + enc_val.truncated} rows longer than {hp['max_seq_length']} tokens")
+        log(f"truncated {enc_train.truncated + enc_val.truncated} rows longer than {max_len} tokens")
+    return enc_train, enc_val
 
-    quant = None
-    if cfg.train.load_in_4bit:
-        quant = _qlora_config(dev)
+
+def _load_for_training(cfg: Config, version: Version, base_path: Path, dev, strategy: str, parent, parent_stage,
+                       hp: dict, enc_train, log: Progress):
+    """The peft model (base + adapter chain), its retention keeper and the speed plan."""
+    quant = _qlora_config(dev) if cfg.train.load_in_4bit else None
     model = base_model.load_model(base_path, dev.torch_dtype(), cfg.train.trust_remote_code, quant)
     hp["target_modules"] = hparams.resolve_targets(model, hp["target_modules"])
     model, chain = _build_peft_model(cfg, version, strategy, model, parent, parent_stage, hp, log)
     keeper = retention.for_version(model, hp, strategy, parent.path / paths.ADAPTER_DIR if parent else None)
     fast = speed.plan(cfg.train, model, dev.device, dev.torch_dtype().itemsize, hp, *row_lengths(enc_train))
-    grad_ckpt = fast.checkpointing.enabled
     log(f"  padding_free = {fast.padding_free}  ({fast.padding_free_reason})")
-    log(f"  gradient_checkpointing = {grad_ckpt}  ({fast.checkpointing.reason})")
+    log(f"  gradient_checkpointing = {fast.checkpointing.enabled}  ({fast.checkpointing.reason})")
     log(f"  liger_kernel = {fast.liger}  ({fast.liger_reason})")
+    return model, chain, keeper, fast
+
+
+def _run(trainer: Any, ckpt_dir: Path, resume: bool, seed: int, log: Progress) -> Any:
+    import torch
+
+    torch.manual_seed(seed)
+    start_from = None
+    if resume:
+        start_from = resumable_checkpoint(ckpt_dir)
+        _discard_torn_checkpoints(ckpt_dir, start_from, log)
+        log(f"resuming from {start_from.name}" if start_from else "no complete checkpoint to resume from: "
+            "training from the first step")
+    return trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+
+
+def _save_adapter(trainer: Any, keeper: Any, tok: Any, version: Version, ckpt_dir: Path) -> bool:
+    """Write the adapter and rename it into place; False on the ranks that do not write."""
+    tmp_adapter = version.path / f"{paths.TMP_PREFIX}{paths.ADAPTER_DIR}"
+    if is_main_process():
+        shutil.rmtree(tmp_adapter, ignore_errors=True)
+    if keeper is not None:
+        keeper.detach(trainer.model)  # the parent's adapter is not part of this version
+    # Every rank takes part: under FSDP the full adapter state dict is gathered from all of them
+    # (a rank-0-only save_pretrained would hang or write a shard); only the main process writes.
+    trainer.save_model(str(tmp_adapter))
+    if not is_main_process():
+        return False
+    (tmp_adapter / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest records the arguments
+    tok.save_pretrained(tmp_adapter)
+    _loss_curve_png(trainer.state.log_history, version.path / LOSS_PNG)
+    # An adapter folder without a train stage is what an earlier run killed between this rename
+    # and the manifest write left behind: not a finished result, and in the way of the rename.
+    shutil.rmtree(version.path / paths.ADAPTER_DIR, ignore_errors=True)
+    os.replace(tmp_adapter, version.path / paths.ADAPTER_DIR)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return True
+
+
+def _record(cfg: Config, strategy: str, parent, chain, fingerprint, dev, fast, hp, reasons, enc_train, enc_val,
+            trainer, meter, result, has_val: bool, started: float) -> dict[str, Any]:
+    """The manifest's `stages.train`."""
+    history, state = trainer.state.log_history, trainer.state
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    return {
+        "strategy": strategy,
+        "parent_adapter": parent.id if parent else None,
+        "adapter_chain": chain,
+        "base": fingerprint,
+        "device": {"device": dev.device, "dtype": dev.dtype, "reason": dev.reason,
+                   "gradient_checkpointing": fast.checkpointing.enabled,
+                   "load_in_4bit": cfg.train.load_in_4bit, "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
+        "speed": fast.record(),  # padding-free, checkpointing estimate, Liger, logging interval, with reasons
+        "hyperparameters": {k: v for k, v in hp.items()},
+        "reasons": reasons,
+        "increment": retention.manifest_record(hp, reasons),
+        "lora": {"lora_r": hp["lora_r"], "lora_alpha": hp["lora_alpha"], "target_modules": hp["target_modules"]},
+        "system_prompt": cfg.ollama.system,
+        "rows": {"train": len(enc_train.input_ids), "val": len(enc_val.input_ids),
+                 "truncated": enc_train.truncated + enc_val.truncated,
+                 "dropped_no_answer": enc_train.dropped_no_answer + enc_val.dropped_no_answer},
+        "train_label_tokens": enc_train.n_label_tokens,
+        "train_tokens": int(state.num_input_tokens_seen),
+        "tokens_per_s": round(state.num_input_tokens_seen / max(meter.seconds, 1e-9), 1),
+        "global_steps": state.global_step,
+        "epochs_run": state.epoch,
+        "early_stopped": bool(has_val and state.epoch is not None and state.epoch < hp["num_train_epochs"] - 1e-6),
+        "best_eval_loss": min(evals) if evals else None,
+        "final_train_loss": result.training_loss,
+        "loss_curve": [{k: h[k] for k in ("step", "epoch", "loss", "eval_loss") if k in h} for h in history
+                       if "loss" in h or "eval_loss" in h],
+        "runtime_s": round(time.time() - started, 1),
+        "finished_at": manifest.now_iso(),
+    }
+
+
+def train_version(
+    cfg: Config, version: Version, *, resume: bool = False, log: Progress = lambda s: None,
+    progress: console.Progress | None = None,
+) -> dict[str, Any]:
+    """Train `version` (whose data stage is done). Returns the manifest's `stages.train` record.
+
+    The adapter is written to a temp folder and renamed into place; until then the
+    version has no `stages.train` and nothing looks finished. Checkpoints stay in
+    `checkpoints/` so `--resume` can continue after an interrupt.
+    """
+    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
+
+    ckpt_dir = _check_trainable(version, resume)
+    started = time.time()
+    dev = device_mod.choose(cfg.train.device, cfg.train.dtype)
+    base_path = base_model.resolve(cfg)
+    fingerprint = base_model.fingerprint(base_path)
+    parent, parent_stage = _parent_stage(version)
+    _check_same_base(parent, parent_stage, base_path, fingerprint)
+    strategy = _strategy(cfg, version)
+    data_dir = version.path / paths.DATA_DIR
+    train_rows = data.load_rows(data_dir / "incremental_replay_final.jsonl")
+    val_rows = data.load_rows(data_dir / "val.jsonl")
+    hp, reasons = _choose_hparams(cfg, len(train_rows), dev, parent, parent_stage, strategy, log)
+    tok = base_model.load_tokenizer(base_path, cfg.train.trust_remote_code)
+    enc_train, enc_val = _encode(cfg, tok, train_rows, val_rows, hp["max_seq_length"], log)
+    model, chain, keeper, fast = _load_for_training(cfg, version, base_path, dev, strategy, parent, parent_stage,
+                                                    hp, enc_train, log)
 
     train_ds = [{"input_ids": i, "labels": lab, "replay": r}
                 for i, lab, r in zip(enc_train.input_ids, enc_train.labels, enc_train.replay)]
     val_ds = [{"input_ids": i, "labels": lab} for i, lab in zip(enc_val.input_ids, enc_val.labels)]
     has_val = len(val_ds) > 0
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=hp["num_train_epochs"],
-        per_device_train_batch_size=hp["per_device_train_batch_size"],
-        per_device_eval_batch_size=hp["per_device_train_batch_size"],
-        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
-        learning_rate=hp["learning_rate"],
-        lr_scheduler_type=hp["lr_scheduler_type"],
-        warmup_steps=hp["warmup_steps"],
-        weight_decay=hp["weight_decay"],
-        eval_strategy="epoch" if has_val else "no",
-        save_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=has_val and cfg.train.load_best_epoch,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        seed=hp["seed"],
-        data_seed=hp["seed"],
-        bf16=dev.dtype == "bfloat16",
-        fp16=dev.dtype == "float16",
-        use_cpu=dev.device == "cpu",
-        **checkpointing_argument(TrainingArguments, grad_ckpt),
-        # Batches of similar length: dynamic padding then wastes almost nothing.
-        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
-        remove_unused_columns=False,
-        report_to=[],
-        dataloader_num_workers=0,
-        ddp_backend="gloo" if dev.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-        ddp_find_unused_parameters=False,
-        disable_tqdm=True,  # console.py draws the one bar
-        **fast.training_arguments(),  # logging_steps, tokens counted, Liger
-        prediction_loss_only=True,  # evaluation needs the loss only; answer-only logits have no fixed shape
-    )
+    args = training_arguments(cfg, dev, hp, fast, ckpt_dir, has_val)
     meter = _token_meter(TrainerCallback)
     # After the meter, whose on_log adds tokens/s to the logs the console shows and keeps.
     callbacks = [meter, console.console_callback(TrainerCallback, version.path / console.TRAIN_LOG, log, progress)]
@@ -244,78 +309,11 @@ def train_version(
         data_collator=fast.collator(tok.pad_token_id), callbacks=callbacks,
     )
     console.quiet_trainer(trainer)
-    torch.manual_seed(hp["seed"])
-    start_from = None
-    if resume:
-        start_from = resumable_checkpoint(ckpt_dir)
-        _discard_torn_checkpoints(ckpt_dir, start_from, log)
-        log(f"resuming from {start_from.name}" if start_from else "no complete checkpoint to resume from: "
-            "training from the first step")
-    result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
-
-    tmp_adapter = version.path / f"{paths.TMP_PREFIX}{paths.ADAPTER_DIR}"
-    if is_main_process():
-        shutil.rmtree(tmp_adapter, ignore_errors=True)
-    if keeper is not None:
-        keeper.detach(trainer.model)  # the parent's adapter is not part of this version
-    # Every rank takes part: under FSDP the full adapter state dict is gathered from all of them
-    # (a rank-0-only save_pretrained would hang or write a shard); only the main process writes.
-    trainer.save_model(str(tmp_adapter))
-    if not is_main_process():
+    result = _run(trainer, ckpt_dir, resume, hp["seed"], log)
+    if not _save_adapter(trainer, keeper, tok, version, ckpt_dir):
         return {}
-    (tmp_adapter / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest records the arguments
-    tok.save_pretrained(tmp_adapter)
-    history = trainer.state.log_history
-    _loss_curve_png(history, version.path / LOSS_PNG)
-    # An adapter folder without a train stage is what an earlier run killed between this rename
-    # and the manifest write left behind: not a finished result, and in the way of the rename.
-    shutil.rmtree(version.path / paths.ADAPTER_DIR, ignore_errors=True)
-    os.replace(tmp_adapter, version.path / paths.ADAPTER_DIR)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    runtime = time.time() - started
-    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-    record = {
-        "strategy": strategy,
-        "parent_adapter": parent.id if parent else None,
-        "adapter_chain": chain,
-        "base": fingerprint,
-        "device": {"device": dev.device, "dtype": dev.dtype, "reason": dev.reason, "gradient_checkpointing": grad_ckpt,
-                   "load_in_4bit": cfg.train.load_in_4bit, "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
-        "speed": fast.record(),  # padding-free, checkpointing estimate, Liger, logging interval, with reasons
-        "hyperparameters": {k: v for k, v in hp.items()},
-        "reasons": reasons,
-        "increment": retention.manifest_record(hp, reasons),
-        "lora": {"lora_r": hp["lora_r"], "lora_alpha": hp["lora_alpha"], "target_modules": hp["target_modules"]},
-        "system_prompt": cfg.ollama.system,
-        "rows": {"train": len(train_ds), "val": len(val_ds), "truncated": enc_train.truncated + enc_val.truncated,
-                 "dropped_no_answer": enc_train.dropped_no_answer + enc_val.dropped_no_answer},
-        "train_label_tokens": enc_train.n_label_tokens,
-        "train_tokens": int(trainer.state.num_input_tokens_seen),
-        "tokens_per_s": round(trainer.state.num_input_tokens_seen / max(meter.seconds, 1e-9), 1),
-        "global_steps": trainer.state.global_step,
-        "epochs_run": trainer.state.epoch,
-        "early_stopped": bool(has_val and trainer.state.epoch is not None and trainer.state.epoch < hp["num_train_epochs"] - 1e-6),
-        "best_eval_loss": min(evals) if evals else None,
-        "final_train_loss": result.training_loss,
-        "loss_curve": [{k: h[k] for k in ("step", "epoch", "loss", "eval_loss") if k in h} for h in history
-                       if "loss" in h or "eval_loss" in h],
-        "runtime_s": round(runtime, 1),
-        "finished_at": manifest.now_iso(),
-    }
-    return record
-
-
-def checkpointing_argument(training_arguments: type, enabled: bool) -> dict[str, bool]:
-    """The TrainingArguments keyword for activation (gradient) checkpointing.
-
-    Newer transformers name it `activation_checkpointing`; releases up to at least 5.17
-    (stock CUDA images) only know `gradient_checkpointing`. Same switch, either name.
-    """
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(training_arguments)}
-    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {key: enabled}
+    return _record(cfg, strategy, parent, chain, fingerprint, dev, fast, hp, reasons, enc_train, enc_val,
+                   trainer, meter, result, has_val, started)
 
 
 def _token_meter(callback_base):

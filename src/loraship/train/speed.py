@@ -109,7 +109,7 @@ class Plan:
         return FlattenCollator(self.attention in VARLEN_ATTENTION) if self.padding_free else PadCollator(pad_id)
 
     def training_arguments(self) -> dict[str, Any]:
-        """TrainingArguments keywords (besides the checkpointing one, see lora.checkpointing_argument)."""
+        """TrainingArguments keywords (besides the checkpointing one, see arguments.checkpointing_argument)."""
         args: dict[str, Any] = {
             "logging_steps": self.logging_steps,
             # A flattened batch has no padding: every token counts, and without an
