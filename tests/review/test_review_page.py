@@ -104,7 +104,7 @@ def test_thumbs_down_with_a_correction_by_keyboard_and_a_thumbs_up_are_saved_as_
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", label)  # not under the save bar
     label.click()
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").send_keys(Keys.ENTER)
-    status = browser.find_element(By.CSS_SELECTOR, "[role=status]").text
+    status = _after_submit(browser, "[role=status]").text
     assert status.startswith("Saved 2 ratings by Ana Reviewer")
     assert browser.find_element(By.ID, "r1-down").is_selected() and browser.find_element(By.ID, "r3-up").is_selected()
     assert browser.find_element(By.ID, "c1").get_attribute("value") == "The Ebbrook Mine is 610 metres deep."
@@ -125,6 +125,16 @@ def test_thumbs_down_with_a_correction_by_keyboard_and_a_thumbs_up_are_saved_as_
     assert [r["messages"][1]["content"] for r in rows.replay] == ["Orvalite."]
 
 
+def _after_submit(browser, css: str):
+    """The element of the page a submit loads: the POST and its redirect take a moment, longer on a
+    loaded machine (seen: the status looked up before the new page was there)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, 60).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+
 def test_a_correction_without_thumbs_down_is_shown_again_with_the_reason(server, browser):
     from selenium.webdriver.common.by import By
 
@@ -132,7 +142,7 @@ def test_a_correction_without_thumbs_down_is_shown_again_with_the_reason(server,
     browser.find_element(By.ID, "reviewer").send_keys("Bo")
     browser.find_element(By.ID, "c0").send_keys("It is 610 metres deep.")
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    alert = browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
+    alert = _after_submit(browser, "[role=alert]").text
     assert "mining:v1's answer to 'How deep is the Ebbrook Mine?'" in alert and "choose thumbs down" in alert
     assert browser.find_element(By.ID, "c0").get_attribute("value") == "It is 610 metres deep."
     assert not server.review.feedback_path.exists()

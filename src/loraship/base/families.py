@@ -96,8 +96,9 @@ def fixture_dir(name: str) -> Path:
     return paths.tools_dir() / "families" / f"{name}-{FIXTURE_VERSION}"
 
 
-def family_tokenizer(fam: Family, models: Path) -> Any:
-    """The family's real tokenizer from its vocabulary GGUF, with the instruct model's EOS and template."""
+def family_tokenizer(fam: Family, models: Path) -> tuple[Any, bytes | None]:
+    """The family's real tokenizer from its vocabulary GGUF, with the instruct model's EOS and
+    template, and the tokenizer.model bytes of a SentencePiece vocabulary (else None)."""
     from loraship.base import gguf_tokenizer, spm_tokenizer
 
     f = gguf_tokenizer.fields(models / f"ggml-vocab-{fam.vocab}.gguf")
