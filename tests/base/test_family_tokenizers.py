@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from loraship.base import families, gguf_tokenizer, spm_tokenizer
-from loraship.base.from_gguf import load_gguf_tokenizer, save_gguf_tokenizer
+from loraship.base.from_gguf import load_gguf_tokenizer, write_tokenizer
 from loraship.errors import ConfigError
 
 VOCABS = sorted({f.vocab for f in families.FAMILIES.values()} | {"gpt-2"})
@@ -26,8 +26,9 @@ def test_from_gguf_tokenizer_reproduces_llama_cpp_vectors(vocab, llama_models, t
     gguf = llama_models / f"ggml-vocab-{vocab}.gguf"
     vectors = families.read_vectors(llama_models, vocab)
     assert len(vectors) >= 40
-    tok = load_gguf_tokenizer(gguf)
-    save_gguf_tokenizer(tok, gguf, tmp_path)  # what `base from-gguf` leaves in the model folder
+    tokenizer = gguf_tokenizer.gguf_tokenizer(gguf)
+    write_tokenizer(tokenizer, tmp_path)  # what `base from-gguf` leaves in the model folder
+    tok = tokenizer[0]
     saved = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     for name, t in (("rebuilt", tok), ("saved", saved)):
         bad = mismatches(lambda s, t=t: t(s, add_special_tokens=False)["input_ids"], vectors)

@@ -99,16 +99,14 @@ def fixture_dir(name: str) -> Path:
 def family_tokenizer(fam: Family, models: Path) -> tuple[Any, bytes | None]:
     """The family's real tokenizer from its vocabulary GGUF, with the instruct model's EOS and
     template, and the tokenizer.model bytes of a SentencePiece vocabulary (else None)."""
-    from loraship.base import gguf_tokenizer, spm_tokenizer
+    from loraship.base import gguf_tokenizer
 
     f = gguf_tokenizer.fields(models / f"ggml-vocab-{fam.vocab}.gguf")
     if fam.add_bos is not None:
         f["tokenizer.ggml.add_bos_token"] = fam.add_bos
     f["tokenizer.ggml.eos_token_id"] = f["tokenizer.ggml.tokens"].index(fam.eos)
     f["tokenizer.chat_template"] = (models / "templates" / f"{fam.template}.jinja").read_text(encoding="utf-8")
-    if f["tokenizer.ggml.model"] == "llama":
-        return spm_tokenizer.spm_tokenizer(f), spm_tokenizer.sentencepiece_model(f)
-    return gguf_tokenizer.byte_level_tokenizer(f, f"ggml-vocab-{fam.vocab}"), None
+    return gguf_tokenizer.tokenizer_files(f, f"ggml-vocab-{fam.vocab}")
 
 
 def _config(fam: Family, tok: Any) -> Any:
@@ -128,13 +126,15 @@ def build_fixture(name: str, models: Path, seed: int = 0, log: Callable[[str], N
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
+    from loraship.base.from_gguf import write_tokenizer
+
     fam = family(name)
     out = fixture_dir(name)
     if (out / _DONE).exists():
         return out
     log(f"building the {name} fixture ({fam.architecture}, vocabulary {fam.vocab}, template {fam.template})")
-    tok, sp_model = family_tokenizer(fam, models)
-    config = _config(fam, tok)
+    tokenizer = family_tokenizer(fam, models)
+    config = _config(fam, tokenizer[0])
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
@@ -144,9 +144,7 @@ def build_fixture(name: str, models: Path, seed: int = 0, log: Callable[[str], N
         model.save_pretrained(tmp, safe_serialization=True)
         GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                          pad_token_id=config.pad_token_id).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if sp_model is not None:
-            (tmp / "tokenizer.model").write_bytes(sp_model)
+        write_tokenizer(tokenizer, tmp)
         (tmp / "family.json").write_text(json.dumps({"family": name, "vocab": fam.vocab, "template": fam.template,
                                                      "architecture": fam.architecture, "seed": seed}, indent=1))
         (tmp / _DONE).write_text(f"{FIXTURE_VERSION}\n")

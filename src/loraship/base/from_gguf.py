@@ -13,29 +13,30 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from loraship.base import gguf_tokenizer
 from loraship.errors import ConfigError
 
 
 def load_gguf_tokenizer(gguf: Path):
     """The GGUF's tokenizer for transformers, rebuilt from its own fields (base/gguf_tokenizer.py):
     the same on every transformers release, refused in one line where its type is unknown."""
-    from loraship.base import gguf_tokenizer
+    return _with_pad(gguf_tokenizer.gguf_tokenizer(gguf)[0])
 
-    tok = gguf_tokenizer.gguf_tokenizer(gguf)
+
+def _with_pad(tok):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def save_gguf_tokenizer(tok, gguf: Path, out: Path) -> None:
-    """tokenizer.json and its config, plus tokenizer.model for a SentencePiece vocabulary (llama.cpp's
-    converter reads it for Llama 2, Mistral and Phi-3, as a download would carry it)."""
-    from loraship.base import gguf_tokenizer, spm_tokenizer
-
-    tok.save_pretrained(out)
-    f = gguf_tokenizer.fields(gguf)
-    if f.get("tokenizer.ggml.model") == "llama":
-        (out / "tokenizer.model").write_bytes(spm_tokenizer.sentencepiece_model(f))
+def write_tokenizer(tokenizer: tuple, out: Path) -> None:
+    """gguf_tokenizer()'s pair as a download carries it: tokenizer.json and its config, plus
+    tokenizer.model for a SentencePiece vocabulary (llama.cpp's converter reads it for Llama 2,
+    Mistral and Phi-3)."""
+    tok, sp_model = tokenizer
+    _with_pad(tok).save_pretrained(out)
+    if sp_model is not None:
+        (out / "tokenizer.model").write_bytes(sp_model)
 
 
 def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None,
@@ -52,7 +53,7 @@ def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        tok = load_gguf_tokenizer(gguf)  # an unsupported tokenizer is refused before the long read
+        tokenizer = gguf_tokenizer.gguf_tokenizer(gguf)  # an unsupported one is refused before the long read
         log(f"reading {gguf.name} (dequantizing to float32)")
         try:
             loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
@@ -68,7 +69,7 @@ def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None
         if getattr(config, "tie_word_embeddings", False):
             plain.tie_weights()
         plain.save_pretrained(tmp, safe_serialization=True)
-        save_gguf_tokenizer(tok, gguf, tmp)
+        write_tokenizer(tokenizer, tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
         log(f"saved a plain safetensors checkpoint to {out}")

@@ -59,10 +59,6 @@ def fields(gguf: Path) -> dict[str, Any]:
     return {k: f.contents() for k, f in rd.fields.items() if k.startswith(("tokenizer.", "general.architecture"))}
 
 
-def tokenizer_model(gguf: Path) -> str | None:
-    return fields(gguf).get("tokenizer.ggml.model")
-
-
 def special_token(f: dict[str, Any], key: str) -> str | None:
     tokens = f["tokenizer.ggml.tokens"]
     i = f.get(key)
@@ -139,17 +135,22 @@ def byte_level_tokenizer(f: dict[str, Any], source: str = "the GGUF") -> Any:
     return wrap(backend, f)
 
 
-def gguf_tokenizer(gguf: Path) -> Any:
-    """The transformers tokenizer of a GGUF file, or a one-line ConfigError naming what is unsupported."""
+def tokenizer_files(f: dict[str, Any], source: str) -> tuple[Any, bytes | None]:
+    """The transformers tokenizer for a GGUF's tokenizer fields, and the tokenizer.model bytes a
+    SentencePiece vocabulary also needs (None otherwise); a one-line ConfigError where unsupported."""
     from loraship.base import spm_tokenizer
 
-    f = fields(gguf)
     kind = f.get("tokenizer.ggml.model")
     if "tokenizer.ggml.tokens" not in f:
-        raise ConfigError(f"{gguf}: the GGUF holds no tokenizer (tokenizer.ggml.tokens is missing)")
+        raise ConfigError(f"{source}: the GGUF holds no tokenizer (tokenizer.ggml.tokens is missing)")
     if kind == "gpt2":
-        return byte_level_tokenizer(f, str(gguf))
+        return byte_level_tokenizer(f, source), None
     if kind == "llama":
-        return spm_tokenizer.spm_tokenizer(f)
-    raise ConfigError(f"{gguf}: tokenizer type {kind!r} (pre-tokenizer {f.get('tokenizer.ggml.pre')!r}) is not "
+        return spm_tokenizer.spm_tokenizer(f), spm_tokenizer.sentencepiece_model(f)
+    raise ConfigError(f"{source}: tokenizer type {kind!r} (pre-tokenizer {f.get('tokenizer.ggml.pre')!r}) is not "
                       f"supported; supported: {SUPPORTED}. Start from the model's Hugging Face folder instead")
+
+
+def gguf_tokenizer(gguf: Path) -> tuple[Any, bytes | None]:
+    """tokenizer_files() of a GGUF file, its fields read once."""
+    return tokenizer_files(fields(gguf), str(gguf))

@@ -61,9 +61,9 @@ def download_sdist(version: str, dest: Path, log: Callable[[str], None]) -> Path
 
 
 def _extract(sdist: Path, version: str, target: Path, folder: str, wanted: Callable[[str], bool],
-             marker: str, check: Callable[[Path], str | None]) -> None:
+             check: Callable[[Path], str | None]) -> None:
     """The members of vendor/llama.cpp/<folder> that `wanted` takes, into `target` atomically: a
-    temporary folder, the `marker` file written last, then one rename. `check` names what is missing."""
+    temporary folder, the completion marker written last, then one rename. `check` names what is missing."""
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/{folder}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
@@ -81,7 +81,7 @@ def _extract(sdist: Path, version: str, target: Path, folder: str, wanted: Calla
         missing = check(tmp)
         if missing:
             raise ToolchainError(f"{sdist.name} lacks {missing}: this llama-cpp-python is too old")
-        (tmp / marker).write_text(version + "\n")
+        (tmp / _COMPLETE).write_text(version + "\n")
         tmp.chmod(0o755)  # mkdtemp makes 0700; a container running as another uid must read it
         shutil.rmtree(target, ignore_errors=True)
         os.rename(tmp, target)
@@ -105,7 +105,7 @@ def provision(log: Callable[[str], None] = lambda s: None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     sdist = download_sdist(version, paths.tools_dir() / "sdist", log)
-    _extract(sdist, version, target, "", _converter_members, _COMPLETE, _converter_missing)
+    _extract(sdist, version, target, "", _converter_members, _converter_missing)
     log(f"llama.cpp converter ready in {target}")
     return target
 
@@ -150,5 +150,5 @@ def llama_models_dir(log: Callable[[str], None] = lambda s: None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     sdist = download_sdist(version, paths.tools_dir() / "sdist", log)
     _extract(sdist, version, target, "models/", lambda rel: rel.startswith(("ggml-vocab-", "templates/")),
-             _COMPLETE, lambda tmp: None if any(tmp.glob("ggml-vocab-*.gguf")) else "models/ggml-vocab-*.gguf")
+             lambda tmp: None if any(tmp.glob("ggml-vocab-*.gguf")) else "models/ggml-vocab-*.gguf")
     return target

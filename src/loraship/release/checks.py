@@ -9,6 +9,7 @@ from typing import Any
 
 from loraship.errors import GateError, VersionError
 from loraship.serve.ollama_client import same_digest, short
+from loraship.serve.registry import BASE_TAG
 from loraship.store.hashing import sha256_file
 from loraship.store.versions import Version
 
@@ -18,7 +19,7 @@ _ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
 def validate_alias(alias: str) -> str:
     # vN is the versions' own tag: an alias by that name would overwrite a registered version;
     # `base` is the training base's own tag (compare's baseline row).
-    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or re.match(r"^v[0-9]+$", alias) or alias == "base":
+    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or re.match(r"^v[0-9]+$", alias) or alias == BASE_TAG:
         raise VersionError(f"alias {alias!r} is not valid: use lowercase letters, digits, '_', '-', '.', not vN "
                            "and not base (e.g. latest, prod)")
     return alias

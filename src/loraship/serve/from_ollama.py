@@ -13,7 +13,6 @@ its rounding error becomes part of the base, and exporting to Q4_K_M rounds a se
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loraship.errors import ConfigError, OllamaError
+from loraship.store.hashing import sha256_file
 
 SOURCE_FILE = "ollama_source.json"
 # general.file_type values of unquantized GGUFs (llama.cpp's LLAMA_FTYPE_*): F32, F16, BF16.
@@ -47,12 +47,9 @@ def model_blob(shown: dict[str, Any], name: str, host: str) -> tuple[Path, str]:
 
 def _check_digest(path: Path, digest: str, log: Callable[[str], None]) -> None:
     log(f"checking {path.name} against its digest")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    if h.hexdigest() != digest:
-        raise ConfigError(f"{path}: its content does not match its name (sha256 {h.hexdigest()[:12]}): the "
+    actual = sha256_file(path)
+    if actual != digest:
+        raise ConfigError(f"{path}: its content does not match its name (sha256 {actual[:12]}): the "
                           "server's model folder is damaged; `ollama pull` the model again")
 
 

@@ -21,6 +21,7 @@ from loraship.export import pipeline as export
 from loraship.export import verify
 from loraship.serve import chat_templates, modelfile
 from loraship.serve.ollama_client import (
+    bare_digest,
     call,
     client,
     resolve_host,
@@ -46,6 +47,18 @@ def served_num_ctx(cfg: Config, train: dict[str, Any]) -> int:
     return cfg.ollama.num_ctx or max(2048, int(train["hyperparameters"]["max_seq_length"]))
 
 
+def _served_settings(cfg: Config, gguf: Path, num_ctx: int, template_file: Path | None = None,
+                     stops: list[str] | None = None) -> tuple[chat_templates.ChatFormat, dict[str, Any]]:
+    """The chat format and the settings a served tag gets. The TEMPLATE comes from the chat template
+    inside the GGUF itself: what is served is what was verified."""
+    chat_template, bos, eos = chat_templates.gguf_chat_metadata(gguf)
+    fmt = chat_templates.resolve_chat_format(chat_template, template_file=template_file, stops=stops,
+                                             bos_token=bos, eos_token=eos)
+    return fmt, dict(template=fmt.template, stops=list(fmt.stops), num_ctx=num_ctx,
+                     temperature=cfg.ollama.temperature, seed=cfg.ollama.seed, system=cfg.ollama.system,
+                     license=cfg.ollama.license)
+
+
 def build_modelfile(cfg: Config, version: Version, template_file: Path | None = None,
                     stops: list[str] | None = None) -> tuple[str, dict[str, Any]]:
     """The Modelfile text (FROM relative to the version folder) and the matching create() arguments."""
@@ -53,13 +66,9 @@ def build_modelfile(cfg: Config, version: Version, template_file: Path | None = 
     quant = cfg.export.quants[0].upper()
     rel_gguf = exp["ggufs"].get(quant) or next(iter(exp["ggufs"].values()))
     gguf = version.path / rel_gguf
-    # The TEMPLATE comes from the chat template inside the GGUF itself: what is served is what was verified.
-    chat_template, bos, eos = chat_templates.gguf_chat_metadata(gguf)
-    fmt = chat_templates.resolve_chat_format(chat_template, template_file=template_file, stops=stops,
-                                             bos_token=bos, eos_token=eos)
-    family = f"{fmt.family} ({fmt.variant})"
     train = version.stage("train")
-    num_ctx = served_num_ctx(cfg, train)
+    fmt, settings = _served_settings(cfg, gguf, served_num_ctx(cfg, train), template_file, stops)
+    family = f"{fmt.family} ({fmt.variant})"
     gguf_sha = sha256_file(gguf)
     header = {
         "loraship version": f"{version.model} {version.id}",
@@ -70,12 +79,8 @@ def build_modelfile(cfg: Config, version: Version, template_file: Path | None = 
         "gguf sha256": gguf_sha,
         "template family": family,
     }
-    params = dict(gguf_path=rel_gguf, template=fmt.template, stops=list(fmt.stops), num_ctx=num_ctx,
-                  temperature=cfg.ollama.temperature, seed=cfg.ollama.seed, system=cfg.ollama.system,
-                  license=cfg.ollama.license)
-    text = modelfile.render_modelfile(**params, header=header)
-    args = {k: v for k, v in params.items() if k != "gguf_path"}
-    return text, {"args": modelfile.ollama_create_args(**args), "gguf": gguf,
+    text = modelfile.render_modelfile(gguf_path=rel_gguf, **settings, header=header)
+    return text, {"args": modelfile.ollama_create_args(**settings), "gguf": gguf,
                   "blob_digest": "sha256:" + gguf_sha, "family": family}
 
 
@@ -169,14 +174,19 @@ def shown_stops(parameters: str | None) -> list[str]:
     return stops
 
 
+def _stored_problem(shown: Any, args: dict[str, Any]) -> str | None:
+    """How a served model's TEMPLATE or stops differ from the create() arguments; None when they do not."""
+    if (shown.template or "") != args["template"]:
+        return "a TEMPLATE other than the one sent"  # e.g. its `{{ .Prompt }}` fallback
+    if shown_stops(shown.parameters) != args["parameters"]["stop"]:
+        return f"stops {shown_stops(shown.parameters)}, not the {args['parameters']['stop']} sent"
+    return None
+
+
 def _read_back(host: str, c: Any, tag: str, args: dict[str, Any]) -> str:
     """The served digest, once the server shows the TEMPLATE and stops that were sent."""
     shown = call(host, f"reading {tag} back", lambda: c.show(tag))
-    problem = None
-    if (shown.template or "") != args["template"]:
-        problem = "a TEMPLATE other than the one sent"  # e.g. its `{{ .Prompt }}` fallback
-    elif shown_stops(shown.parameters) != args["parameters"]["stop"]:
-        problem = f"stops {shown_stops(shown.parameters)}, not the {args['parameters']['stop']} sent"
+    problem = _stored_problem(shown, args)
     if problem:
         raise OllamaError(f"{host} stored {problem} for {tag}: nothing recorded")
     digest = served_digests(host, c).get(tag.lower())
@@ -249,18 +259,13 @@ def register_base(cfg: Config, model: str, gguf: Path, num_ctx: int, *, log: Log
     only when the server lacks it or serves other settings; returns the tag."""
     host = resolve_host(cfg.ollama.host)
     tag = f"{model}:{BASE_TAG}"
-    chat_template, bos, eos = chat_templates.gguf_chat_metadata(gguf)
-    fmt = chat_templates.resolve_chat_format(chat_template, bos_token=bos, eos_token=eos)
-    args = modelfile.ollama_create_args(template=fmt.template, stops=list(fmt.stops), num_ctx=num_ctx,
-                                        temperature=cfg.ollama.temperature, seed=cfg.ollama.seed,
-                                        system=cfg.ollama.system, license=cfg.ollama.license)
+    args = modelfile.ollama_create_args(**_served_settings(cfg, gguf, num_ctx)[1])
     c = client(host, cfg.ollama.timeout_s)
     blob = "sha256:" + sha256_file(gguf)
     if tag in served_digests(host, c):
         shown = call(host, f"reading {tag}", lambda: c.show(tag))
-        same_model = (shown.modelfile or "").find(f"sha256-{blob.split(':', 1)[1]}") >= 0
-        if same_model and (shown.template or "") == args["template"] and \
-                shown_stops(shown.parameters) == args["parameters"]["stop"]:
+        same_model = f"sha256-{bare_digest(blob)}" in (shown.modelfile or "")
+        if same_model and _stored_problem(shown, args) is None:
             return tag
     _ensure_blob(host, cfg.ollama.timeout_s, gguf, blob, log, progress)
     log(f"serving the training base as {tag} (the baseline answers through Ollama like the versions)")
