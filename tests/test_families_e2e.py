@@ -27,10 +27,14 @@ TARGETS = {
     "llama3.2": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
     "mistral": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
     "phi3.5": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"},
+    "gemma4": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
 }
-# tokenizer.ggml.pre the converter must write (never "default" for a byte-level vocabulary).
-PRE = {"qwen2.5": "qwen2", "llama3.2": "llama-bpe", "mistral": None, "phi3.5": None}
-FAMILY_OF_TEMPLATE = {"qwen2.5": "chatml", "llama3.2": "llama3", "mistral": "mistral", "phi3.5": "phi3"}
+# tokenizer.ggml.model and .pre the converter must write (a byte-level vocabulary's pre-tokenizer
+# recognised by its hash, never "default"; None where the type has no pre-tokenizer field).
+VOCAB = {"qwen2.5": ("gpt2", "qwen2"), "llama3.2": ("gpt2", "llama-bpe"), "mistral": ("llama", None),
+         "phi3.5": ("llama", None), "gemma4": ("gemma4", None)}
+FAMILY_OF_TEMPLATE = {"qwen2.5": "chatml", "llama3.2": "llama3", "mistral": "mistral", "phi3.5": "phi3",
+                      "gemma4": "gemma4"}
 
 
 def write_config(project, model: str, base) -> None:
@@ -103,10 +107,7 @@ def test_family_through_the_whole_pipeline(name, isolated_home, ollama_host, mod
         assert exp["verified"], exp["checks"]
         gguf = v.path / exp["ggufs"]["Q4_K_M"]
         info = gguf_tools.describe(gguf)
-        if PRE[name]:  # the converter recognised the byte-level pre-tokenizer by its hash
-            assert (info["tokenizer_model"], info["pre_tokenizer"]) == ("gpt2", PRE[name]), info
-        else:
-            assert info["tokenizer_model"] == "llama", info
+        assert (info["tokenizer_model"], info["pre_tokenizer"]) == VOCAB[name], info
         assert info["chat_template"] == (base / "chat_template.jinja").read_text(encoding="utf-8")
         stopped = ends_turn(gguf, fam.eos)
         assert stopped == {"finish": "stop", "text": "", "tokens": 0}, stopped

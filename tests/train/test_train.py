@@ -40,6 +40,31 @@ def test_loss_is_only_on_assistant_answers(tiny_base):
     assert "kessrite" not in learned and "system" not in learned
 
 
+def test_gemma4_answers_are_trained_after_the_prompt_they_are_served_with(family_base):
+    """Gemma 4's generation prompt opens an empty thought channel that its history turns leave out,
+    so the whole conversation is not one text with the prompt as a prefix: each answer is trained
+    after the exact prompt Ollama renders before it (what the model sees when it is asked)."""
+    from transformers import AutoTokenizer
+
+    from loraship.train.chat_data import encode_rows
+
+    tok = AutoTokenizer.from_pretrained(family_base("gemma4"))
+    turns = [{"role": "user", "content": "Where is kessrite mined?"},
+             {"role": "assistant", "content": "At the Dunmere Pit."},
+             {"role": "user", "content": "And orvalite?"},
+             {"role": "assistant", "content": "At Halden Cut."}]
+    enc = encode_rows(tok, [{"messages": turns}], max_len=512)
+    assert len(enc.input_ids) == 2
+    for ids, labels, k in zip(enc.input_ids, enc.labels, (1, 3)):
+        prompt = tok.apply_chat_template(turns[:k], tokenize=False, add_generation_prompt=True)
+        assert prompt.endswith("<|turn>model\n<|channel>thought\n<channel|>")
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert ids[:len(prompt_ids)] == prompt_ids and prompt_ids[0] == tok.bos_token_id
+        assert all(t == -100 for t in labels[:len(prompt_ids)])
+        learned = tok.decode([t for t in labels if t != -100])
+        assert learned == turns[k]["content"] + "<turn|>\n"
+
+
 def test_rows_longer_than_the_limit_are_truncated_and_counted(tiny_base):
     from transformers import AutoTokenizer
 

@@ -43,7 +43,7 @@ class Family:
     @property
     def model_type(self) -> str:
         return {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
-                "Phi3ForCausalLM": "phi3"}[self.architecture]
+                "Phi3ForCausalLM": "phi3", "Gemma4ForCausalLM": "gemma4_text"}[self.architecture]
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -66,6 +66,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # Phi-3.5-mini-instruct: fused qkv_proj and gate_up_proj, SentencePiece plus added turn tokens.
     Family("phi3.5", "Phi3ForCausalLM", "phi-3", "microsoft-Phi-3.5-mini-instruct", "<|end|>",
            ("<|end|>", "<|assistant|>", "<|endoftext|>"), False, {"pad_token_id": 32000}),
+    # Gemma 4 (E2B/E4B/31B-it): its own BPE vocabulary ('gemma4': ▁ for spaces, byte fallback),
+    # <|turn>/<turn|> turns with an empty thought channel opened for the answer, scaled embeddings,
+    # soft-capped logits, sliding-window layers with a full-attention one whose wider heads rotate
+    # only part of their dimensions (proportional RoPE), tied embeddings. The sdist ships Gemma 4's
+    # vocabulary and templates only (no Gemma 2/3 SentencePiece model), so this is the Gemma fixture.
+    Family("gemma4", "Gemma4ForCausalLM", "gemma-4", "google-gemma-4-31B-it", "<turn|>",
+           ("<eos>", "<turn|>"), True,
+           {"head_dim": 64, "global_head_dim": 128, "hidden_size_per_layer_input": 0,
+            "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 512,
+            "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh"}),
 )}
 
 SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -78,7 +88,9 @@ def read_vectors(models: Path, vocab: str) -> list[tuple[str, list[int]]]:
     """llama.cpp's token test vectors for a vocabulary: (text, ids) pairs from .inp / .out."""
     inp = (models / f"ggml-vocab-{vocab}.gguf.inp").read_text(encoding="utf-8")
     out = (models / f"ggml-vocab-{vocab}.gguf.out").read_text(encoding="utf-8").splitlines()
-    texts = inp.split("\n__ggml_vocab_test__\n")[:-1]
+    texts = inp.split("\n__ggml_vocab_test__\n")
+    if texts[-1] == "":  # most files end with the separator; gemma-4's does not
+        texts.pop()
     if len(texts) != len(out):
         raise ToolchainError(f"ggml-vocab-{vocab}: {len(texts)} test strings but {len(out)} result lines")
     return [(t, [int(x) for x in ids.split()]) for t, ids in zip(texts, out)]

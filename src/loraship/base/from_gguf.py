@@ -23,6 +23,11 @@ def load_gguf_tokenizer(gguf: Path):
     return _with_pad(gguf_tokenizer.gguf_tokenizer(gguf)[0])
 
 
+def _architecture(gguf: Path) -> str:
+    arch = gguf_tokenizer.fields(gguf).get("general.architecture")
+    return repr(arch) if arch else "unnamed-architecture"
+
+
 def _with_pad(tok):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -55,12 +60,20 @@ def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None
     try:
         tokenizer = gguf_tokenizer.gguf_tokenizer(gguf)  # an unsupported one is refused before the long read
         log(f"reading {gguf.name} (dequantizing to float32)")
+        # transformers' GGUF reader fails in many ways on an architecture it maps incompletely
+        # (Gemma 4: a config validation error from huggingface_hub on a vocabulary-only file, a
+        # RuntimeError on mismatched shapes with weights): every one is the same refusal for the user.
         try:
             loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
                                                           local_files_only=True)
-        except (ValueError, OSError, KeyError) as e:
-            raise ConfigError(f"{gguf}: transformers cannot read this GGUF ({str(e).splitlines()[0]})") from None
-        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+            config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure of the reader is this one-line refusal
+            import transformers
+
+            first = next((line for line in str(e).splitlines() if line.strip()), e.__class__.__name__)
+            raise ConfigError(f"{gguf}: transformers {transformers.__version__} cannot read this GGUF's "
+                              f"{_architecture(gguf)} weights ({first.strip()}); start from the model's Hugging "
+                              "Face folder (base_model: <folder>) instead") from None
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
         real_missing = [k for k in missing if not k.endswith("lm_head.weight")]

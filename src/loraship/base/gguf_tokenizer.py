@@ -46,7 +46,8 @@ BYTE_LEVEL_PRE = {
     "llama3": BytePreTokenizer((LLAMA3_REGEX,), ignore_merges=True),
     "llama-v3": BytePreTokenizer((LLAMA3_REGEX,), ignore_merges=True),
 }
-SUPPORTED = "byte-level BPE (tokenizer.ggml.pre " + ", ".join(sorted(BYTE_LEVEL_PRE)) + ") and SentencePiece ('llama')"
+SUPPORTED = ("byte-level BPE (tokenizer.ggml.pre " + ", ".join(sorted(BYTE_LEVEL_PRE)) + "), SentencePiece ('llama') "
+             "and Gemma 4's BPE ('gemma4')")
 
 
 def fields(gguf: Path) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def bos_post_processor(f: dict[str, Any], add_bos: bool):
                                          special_tokens=[(bos, bos_id)])
 
 
-def wrap(backend: Any, f: dict[str, Any]) -> Any:
+def wrap(backend: Any, f: dict[str, Any], **extra: Any) -> Any:
     """A PreTrainedTokenizerFast around a tokenizers backend, with the GGUF's special tokens."""
     from transformers import PreTrainedTokenizerFast
 
@@ -99,6 +100,7 @@ def wrap(backend: Any, f: dict[str, Any]) -> Any:
         pad_token=special_token(f, "tokenizer.ggml.padding_token_id") or eos,
         chat_template=f.get("tokenizer.chat_template"),
         clean_up_tokenization_spaces=False,
+        **extra,
     )
 
 
@@ -135,6 +137,31 @@ def byte_level_tokenizer(f: dict[str, Any], source: str = "the GGUF") -> Any:
     return wrap(backend, f)
 
 
+def gemma4_tokenizer(f: dict[str, Any]) -> Any:
+    """Gemma 4's vocabulary (tokenizer.ggml.model "gemma4"): BPE over raw UTF-8 with spaces as ▁ and
+    byte fallback, the layout of transformers' GemmaTokenizer. llama.cpp splits the text at newline
+    runs first; GemmaTokenizer does not, and the vectors show both give the same ids. The control
+    tokens (<|turn>, <turn|>, ...) are listed as extra special tokens because llama.cpp's converter
+    (gguf.LlamaHfVocab) marks as CONTROL exactly the tokenizer's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tokens, kinds = f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"]
+    # llama.cpp splits a merge at its first space after the first character (a token may start with one)
+    merges = [(m[:i], m[i + 1:]) for m in f.get("tokenizer.ggml.merges") or [] if (i := m.find(" ", 1)) > 0]
+    unk = special_token(f, "tokenizer.ggml.unknown_token_id")
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, byte_fallback=True,
+                                   fuse_unk=True, unk_token=unk))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.post_processor = bos_post_processor(f, bool(f.get("tokenizer.ggml.add_bos_token", True)))
+    backend.add_special_tokens(special_added_tokens(f))
+    named = {special_token(f, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding", "mask")}
+    control = [t for t, kind in zip(tokens, kinds) if kind == CONTROL and t not in named]
+    return wrap(backend, f, mask_token=special_token(f, "tokenizer.ggml.mask_token_id"),
+                extra_special_tokens=control)
+
+
 def tokenizer_files(f: dict[str, Any], source: str) -> tuple[Any, bytes | None]:
     """The transformers tokenizer for a GGUF's tokenizer fields, and the tokenizer.model bytes a
     SentencePiece vocabulary also needs (None otherwise); a one-line ConfigError where unsupported."""
@@ -147,6 +174,8 @@ def tokenizer_files(f: dict[str, Any], source: str) -> tuple[Any, bytes | None]:
         return byte_level_tokenizer(f, source), None
     if kind == "llama":
         return spm_tokenizer.spm_tokenizer(f), spm_tokenizer.sentencepiece_model(f)
+    if kind == "gemma4":
+        return gemma4_tokenizer(f), None
     raise ConfigError(f"{source}: tokenizer type {kind!r} (pre-tokenizer {f.get('tokenizer.ggml.pre')!r}) is not "
                       f"supported; supported: {SUPPORTED}. Start from the model's Hugging Face folder instead")
 

@@ -10,7 +10,7 @@ Rules where Go and Jinja cannot agree, applied identically in every family:
 - BOS: the Go template never writes the BOS token; llama.cpp prepends it when it
   tokenizes (tokenizer.ggml.add_bos_token). Comparisons strip one leading bos_token
   from the Jinja output.
-- `| trim` in Jinja (llama3, gemma) has no Go equivalent: message text is used as sent.
+- `| trim` in Jinja (llama3, gemma, gemma4) has no Go equivalent: message text is used as sent.
   The probes use text without surrounding whitespace.
 - Families without a system role (gemma 1/2, Mistral v0.1/v0.2): .System (all system
   messages, joined by a blank line, as Ollama collates them) is prepended to the first
@@ -167,6 +167,14 @@ def _gemma() -> str:
             "{{ end }}{{ end }}<start_of_turn>model\n")
 
 
+def _gemma4(answer_prefix: str) -> str:
+    """Gemma 4: <|turn>ROLE ... <turn|> with the assistant as "model"; system in place. The
+    generation prompt opens the model's turn with what the Jinja template writes there (the
+    empty thought channel when thinking is off), which history turns do not carry."""
+    return ('{{- range .Messages }}<|turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
+            "{{ .Content }}<turn|>\n{{ end }}<|turn>model\n" + _lit(answer_prefix))
+
+
 def _phi3(skip_empty_system: bool) -> str:
     system = "<|system|>\n{{ .Content }}<|end|>\n"
     if skip_empty_system:
@@ -182,6 +190,7 @@ _STOPS = {
     "llama3": ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"),
     "mistral": ("</s>", "[INST]", "[/INST]"),
     "gemma": ("<end_of_turn>", "<start_of_turn>"),
+    "gemma4": ("<turn|>", "<|turn>"),
     "phi3": ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>"),
 }
 _FIRST_USER = "prepended to the first user turn, then a blank line"
@@ -267,6 +276,18 @@ def _detect_gemma(t: str, bos: str, eos: str) -> ChatFormat:
     return ChatFormat("gemma", "gemma3" if supported else "gemma", _gemma(), _STOPS["gemma"], rule)
 
 
+def _detect_gemma4(t: str, bos: str, eos: str) -> ChatFormat:
+    out = _probe(t, [_user(PROBE_USER)], bos, eos)
+    head = "<|turn>model\n"
+    if head not in out:
+        raise ExportError(f"gemma4-style template without a model turn; {UNKNOWN}")
+    answer_prefix = out[out.rindex(head) + len(head):]
+    return ChatFormat("gemma4", "gemma4-thinking-off" if "<|channel>" in answer_prefix else "gemma4",
+                      _gemma4(answer_prefix), _STOPS["gemma4"],
+                      "system messages are rendered in place; the model's turn opens with "
+                      f"{answer_prefix!r} as the Jinja template's generation prompt writes it")
+
+
 def _detect_phi3(t: str, bos: str, eos: str) -> ChatFormat:
     out = _probe(t, [_system(""), _user(PROBE_USER)], bos, eos)
     skip = "<|system|>" not in out
@@ -278,6 +299,7 @@ _FAMILIES = (
     ("chatml", ("<|im_start|>", "<|im_end|>"), _detect_chatml),
     ("llama3", ("<|start_header_id|>", "<|eot_id|>"), _detect_llama3),
     ("gemma", ("<start_of_turn>", "<end_of_turn>"), _detect_gemma),
+    ("gemma4", ("<|turn>", "<turn|>"), _detect_gemma4),
     ("phi3", ("<|user|>", "<|end|>"), _detect_phi3),
     ("mistral", ("[INST]", "[/INST]"), _detect_mistral),
 )

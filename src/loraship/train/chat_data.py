@@ -23,28 +23,48 @@ def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> st
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendered text and the character spans of each assistant turn (with its end-of-turn marker).
+def training_texts(tokenizer: Any, messages: list[dict]) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The texts one conversation trains on, each with the character spans of its assistant
+    answers (with their end-of-turn markers): the loss falls on those spans only.
 
-    Relies on the property every mainstream chat template has: the rendering of the first
-    k turns, plus the generation prompt, is a prefix of the rendering of all turns.
+    Most templates render the first k turns plus the generation prompt as a prefix of the
+    whole conversation: then the whole conversation is one text. Some write in the generation
+    prompt what the history form of a turn leaves out (Gemma 4 opens an empty thought channel,
+    `<|channel>thought\n<channel|>`, after `<|turn>model\n`, and strips it from earlier
+    turns): then every answer is trained after the very prompt it is served with, one text
+    per answer, because that prompt is what Ollama will render before the model speaks.
     """
     full = _render(tokenizer, messages, False)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
+    for i in turns:
         start_text = _render(tokenizer, messages[:i], True)
         end_text = _render(tokenizer, messages[: i + 1], False)
         if not full.startswith(start_text) or not full.startswith(end_text):
-            from loraship.errors import DataError
-
-            raise DataError(
-                "the model's chat template does not render conversations prefix-consistently; "
-                "loss masking needs that (use a model with a standard chat template)"
-            )
+            return [_served_turn(tokenizer, messages, i) for i in turns]
         spans.append((len(start_text), len(end_text)))
-    return full, spans
+    return [(full, spans)]
+
+
+def _served_turn(tokenizer: Any, messages: list[dict], i: int) -> tuple[str, list[tuple[int, int]]]:
+    """Answer i after its served prompt, followed by the end-of-turn text the template writes
+    after an answer (read from the history form of the turn)."""
+    from loraship.errors import DataError
+
+    prompt = _render(tokenizer, messages[:i], True)
+    before = _render(tokenizer, messages[:i], False)
+    after = _render(tokenizer, messages[: i + 1], False)
+    answer = str(messages[i]["content"]).strip()
+    turn = after[len(before):] if after.startswith(before) else ""
+    at = turn.rfind(answer) if answer else -1
+    if at < 0:
+        raise DataError(
+            "the model's chat template renders conversations neither prefix-consistently nor with "
+            "each answer as sent, so loss masking cannot find the answers (use a model with a "
+            "standard chat template)"
+        )
+    answer_text = turn[at:]
+    return prompt + answer_text, [(len(prompt), len(prompt) + len(answer_text))]
 
 
 def with_system(messages: list[dict], system: str | None) -> list[dict]:
@@ -57,22 +77,22 @@ def with_system(messages: list[dict], system: str | None) -> list[dict]:
 def encode_rows(tokenizer: Any, rows: list[dict], max_len: int, system: str | None = None) -> Encoded:
     out = Encoded()
     for row in rows:
-        text, spans = assistant_spans(tokenizer, with_system(row["messages"], system))
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        labels = [
-            tok if b > a and any(s <= a < e for s, e in spans) else -100
-            for tok, (a, b) in zip(ids, offsets)
-        ]
-        if len(ids) > max_len:
-            out.truncated += 1
-            ids, labels = ids[:max_len], labels[:max_len]
-        if all(t == -100 for t in labels):
-            out.dropped_no_answer += 1  # truncation cut the whole answer: nothing to learn from
-            continue
-        out.input_ids.append(ids)
-        out.labels.append(labels)
-        out.replay.append(row.get("origin") == "replay")
+        for text, spans in training_texts(tokenizer, with_system(row["messages"], system)):
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            labels = [
+                tok if b > a and any(s <= a < e for s, e in spans) else -100
+                for tok, (a, b) in zip(ids, offsets)
+            ]
+            if len(ids) > max_len:
+                out.truncated += 1
+                ids, labels = ids[:max_len], labels[:max_len]
+            if all(t == -100 for t in labels):
+                out.dropped_no_answer += 1  # truncation cut the whole answer: nothing to learn from
+                continue
+            out.input_ids.append(ids)
+            out.labels.append(labels)
+            out.replay.append(row.get("origin") == "replay")
     return out
 
 
