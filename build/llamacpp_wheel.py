@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -71,8 +72,12 @@ def detect_compiler() -> tuple[str, str]:
     return name, version
 
 
-def cache_key(version: str, flags: list[str]) -> str:
-    return hashlib.sha256(json.dumps([version, flags]).encode()).hexdigest()[:16]
+def cache_key(version: str, flags: list[str], compiler: tuple[str, str]) -> str:
+    """Version, flags, compiler and C library: a wheel reused from another machine's wheelhouse
+    (a build seeds the image's from the host's) must come from the same toolchain and a glibc no
+    newer than the one that loads it, and the same glibc is the simple, safe rule."""
+    libc = "-".join(platform.libc_ver())
+    return hashlib.sha256(json.dumps([version, flags, list(compiler), libc]).encode()).hexdigest()[:16]
 
 
 def locked(lock: Path) -> tuple[str, list[str]]:
@@ -116,8 +121,9 @@ def main() -> int:
     ap.add_argument("--no-install", action="store_true", help="build (or find) the wheel, print its path")
     args = ap.parse_args()
     version, hashes = locked(args.lock)
-    flags = cmake_flags(*detect_compiler(), os.environ.get("CMAKE_ARGS", ""))
-    dest = wheelhouse() / f"{PACKAGE}-{version}-{cache_key(version, flags)}"
+    compiler = detect_compiler()
+    flags = cmake_flags(*compiler, os.environ.get("CMAKE_ARGS", ""))
+    dest = wheelhouse() / f"{PACKAGE}-{version}-{cache_key(version, flags, compiler)}"
     wheel = next(dest.glob("llama_cpp_python-*.whl"), None) if dest.is_dir() else None
     try:
         wheel = wheel or build(version, hashes, flags, dest)

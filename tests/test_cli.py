@@ -105,3 +105,25 @@ def test_make_help_lists_stage_targets():
     for target in ("data", "train", "export", "register", "compare", "promote", "rollback", "versions", "setup",
                    "demo", "test", "lint", "bench"):
         assert f"  {target} " in r.stdout, target
+
+
+def test_a_folder_it_may_not_write_is_one_line_naming_its_owner(tmp_path, monkeypatch):
+    """In a container run as the caller's uid, a runs/ folder made by root is the usual cause
+    (found running the image); the user gets the path, whose it is, and the fix."""
+    from loraship import pipeline
+
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "tiny"
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(pipeline, "stage_data", refuse)
+    monkeypatch.setattr(pipeline, "load_config", lambda *a, **k: None)
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    result = invoke("data", "-m", "tiny", str(tmp_path / "rows.jsonl"))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    line = result.output.strip()
+    assert line.startswith(f"error: cannot write {target}: permission denied")
+    assert f"{tmp_path / 'runs'} belongs to uid" in line and "chown -R" in line

