@@ -86,7 +86,7 @@ def _host_cli(proj: Path, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "LORASHIP_PROJECT": str(proj), "LORASHIP_HOME": str(proj / "runs")})
 
 
-def test_train_and_export_in_the_image_give_a_finished_version_owned_by_the_caller(image, project):
+def test_train_and_export_in_the_image_give_a_finished_version_owned_by_the_caller(image, project, tmp_path):
     started = time.monotonic()
     _make(*_stage_args(project, image), "data", "DATA=b1.jsonl")
     _make(*_stage_args(project, image), "train", "export")
@@ -102,6 +102,25 @@ def test_train_and_export_in_the_image_give_a_finished_version_owned_by_the_call
     # The host's own loraship reads the version and its checksums as finished and intact.
     verified = _host_cli(project, "verify", "-m", "tiny", "v1")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # The same stages run locally on a copy of the project write the same files and stages.
+    local = tmp_path / "local"
+    shutil.copytree(project, local, ignore=shutil.ignore_patterns("runs", ".hf"))
+    for stage in (["data", "-m", "tiny", "b1.jsonl"], ["train", "-m", "tiny"], ["export", "-m", "tiny"]):
+        done = _host_cli(local, *stage)
+        assert done.returncode == 0, done.stdout + done.stderr
+    (local_version,) = (local / "runs" / "tiny").glob("v1_*")
+
+    def files(v: Path) -> set[str]:
+        return {str(p.relative_to(v)) for p in v.rglob("*") if p.is_file() and "checkpoints" not in p.parts}
+
+    assert files(version) == files(local_version)
+    local_manifest = json.loads((local_version / "manifest.json").read_text())
+    assert set(manifest["stages"]) == set(local_manifest["stages"])
+    # the same split to the byte (the recorded seed), the same artifacts recorded with checksums
+    assert manifest["stages"]["data"]["files"] == local_manifest["stages"]["data"]["files"]
+    assert manifest["stages"]["data"]["dataset_sha256"] == local_manifest["stages"]["data"]["dataset_sha256"]
+    assert set(manifest["artifacts"]) == set(local_manifest["artifacts"])
 
 
 def test_doctor_in_the_image_loads_a_portable_llama_cpp(image):
