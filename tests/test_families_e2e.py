@@ -29,10 +29,11 @@ TARGETS = {
     "phi3.5": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"},
     "gemma4": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
 }
-# tokenizer.ggml.model and .pre the converter must write (a byte-level vocabulary's pre-tokenizer
-# recognised by its hash, never "default"; None where the type has no pre-tokenizer field).
-VOCAB = {"qwen2.5": ("gpt2", "qwen2"), "llama3.2": ("gpt2", "llama-bpe"), "mistral": ("llama", None),
-         "phi3.5": ("llama", None), "gemma4": ("gemma4", None)}
+# tokenizer.ggml.model and .pre the converter must write: a byte-level vocabulary's pre-tokenizer
+# recognised by its hash (never "default"); SentencePiece has none to recognise, and the converter
+# writes "default"; Gemma 4's type writes no pre field (llama.cpp implies its own).
+VOCAB = {"qwen2.5": ("gpt2", "qwen2"), "llama3.2": ("gpt2", "llama-bpe"), "mistral": ("llama", "default"),
+         "phi3.5": ("llama", "default"), "gemma4": ("gemma4", None)}
 FAMILY_OF_TEMPLATE = {"qwen2.5": "chatml", "llama3.2": "llama3", "mistral": "mistral", "phi3.5": "phi3",
                       "gemma4": "gemma4"}
 
