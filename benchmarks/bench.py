@@ -182,6 +182,12 @@ def summary(r: dict) -> str:
                              f"{c['two_at_once_default_threads_answers_per_s']:>14}{c['auto_vs_two_at_once']:>9}"
                              f"  auto ({c['auto_plan']['workers']} at once) vs 2 at once; 1 at a time: "
                              f"{c['one_at_a_time_answers_per_s']}")
+        for key, v in (r["compare"].get("sampling") or {}).items():
+            if key.startswith("k"):
+                lo, hi = v["ratio_interval"]
+                lines.append(f"{'sampled answers/s, ' + key.replace('k', 'k=') + ' per question':<34}"
+                             f"{v['batched_answers_per_s']:>14}{v['one_at_a_time_answers_per_s']:>14}"
+                             f"{v['ratio_mean']:>9}  batched vs one at a time [{lo}, {hi}]")
     return "\n".join(lines)
 
 

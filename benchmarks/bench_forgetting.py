@@ -22,8 +22,8 @@ against. Each cell's per-question outcomes are cached in <out>/forgetting-cells/
 killed run resumes where it stopped. A seed's cached v2 cells stand only while its v1 adapter
 does: when v1 has to be trained again, CPU training is not bit-reproducible (same machine,
 same seed: 6 of 65 answers changed), so the seed's v2 cells are measured again rather than
-paired with another v1. Intervals: 95% percentile bootstrap that resamples questions (paired
-across cells) and seeds together.
+paired with another v1. Intervals: the gate's (evaluate/stats.py, via forgetting_stats.py), over
+questions, with each question's score the mean over the seeds.
 
 Writes <out>/forgetting.json, forgetting.png and forgetting.md (the table); --docs also
 copies them into docs/ and replaces the table in docs/benchmarks.md. --summarise recomputes
@@ -302,16 +302,22 @@ def run(seeds: list[int], methods: dict[str, dict], replays: bool, work: Path, c
     return records
 
 
-def _write_docs(out: Path, md: str) -> None:
+def write_docs_section(marker: str, md: str, out: Path, names: tuple[str, ...]) -> None:
+    """Replace the table between <!-- marker --> and <!-- /marker --> in docs/benchmarks.md with
+    `md`, and copy the run's files `names` from `out` into docs/."""
     doc = Path("docs/benchmarks.md")
     text = doc.read_text(encoding="utf-8")
-    start, end = "<!-- forgetting-table -->", "<!-- /forgetting-table -->"
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     if start not in text or end not in text:
-        sys.exit(f"{doc} has no {start} ... {end} markers around the forgetting table")
+        sys.exit(f"{doc} has no {start} ... {end} markers around the table to replace")
     head, rest = text.split(start, 1)
     doc.write_text(head + start + "\n" + md + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
-    for name in ("forgetting.json", "forgetting.png"):
+    for name in names:
         shutil.copyfile(out / name, Path("docs") / name)
+
+
+def _write_docs(out: Path, md: str) -> None:
+    write_docs_section("forgetting-table", md, out, ("forgetting.json", "forgetting.png"))
 
 
 def main() -> None:

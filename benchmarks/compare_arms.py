@@ -5,6 +5,13 @@ loraship's own backends with the plan evaluate/concurrency.py chooses ("auto") a
 fixed alternatives: the old default (2 at once, each runner's default threads) and one at a
 time. Backends: llama.cpp in process; the Ollama test double (tests/ollama_double: it runs
 one generation at a time, like one runner); a real Ollama server when OLLAMA_HOST is set.
+
+`sampling`: the gate's sampled measure asks every question k times (evaluate/sampling.py).
+llama.cpp in process decodes a question's k answers together (evaluate/llama_batch.py); the
+baseline asks them one at a time with the same seeds through create_chat_completion, which
+keeps the prompt in its cache between answers (what a competent script gets for free).
+Answers/s for k = 1 and the default k, SAMPLING_ROUNDS interleaved rounds, and the ratio per
+round with a Student t interval of its mean.
 """
 
 from __future__ import annotations
@@ -93,4 +100,56 @@ def compare(spec: dict, questions: list[str]) -> dict:
     if os.environ.get("OLLAMA_HOST"):
         out["ollama_real"] = _ollama(os.environ["OLLAMA_HOST"], ggufs[0], questions)
     shutil.rmtree(work, ignore_errors=True)
+    out["sampling"] = sampling(spec, questions)
+    return out
+
+
+SAMPLING_ROUNDS = 3
+SAMPLE_OPTS = {"temperature": 0.7, "num_predict": 32, "num_ctx": 1024}
+
+
+def _sampling_round(backend, cand, questions: list[str], k: int) -> dict:
+    seeds = list(range(1, k + 1))
+    msgs = [[{"role": "user", "content": q}] for q in questions]
+    t0 = time.perf_counter()
+    for m in msgs:
+        backend.samples(cand, m, SAMPLE_OPTS, seeds)
+    batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for m in msgs:
+        for seed in seeds:
+            backend.answer(cand, m, {**SAMPLE_OPTS, "seed": seed})
+    one = time.perf_counter() - t0
+    n = len(questions) * k
+    return {"batched_answers_per_s": round(n / batched, 3), "one_at_a_time_answers_per_s": round(n / one, 3),
+            "ratio": round(one / batched, 3)}
+
+
+def sampling(spec: dict, questions: list[str]) -> dict:
+    """Batched k samples vs one at a time, llama.cpp in process, all cores on one model."""
+    import numpy as np
+
+    from loraship.base.smollm2 import smollm2_gguf
+    from loraship.config import CompareConfig
+    from loraship.evaluate import stats
+    from loraship.evaluate.backends import LlamaCppBackend
+    from loraship.evaluate.candidate import Candidate
+
+    cand = Candidate(tag="m:v1", version="v1", gguf_path=smollm2_gguf())
+    ks = sorted({1, CompareConfig().samples})
+    out: dict = {"questions": len(questions), "options": SAMPLE_OPTS, "rounds": SAMPLING_ROUNDS}
+    with LlamaCppBackend(n_ctx=SAMPLE_OPTS["num_ctx"], n_threads=os.cpu_count()) as backend:
+        backend.samples(cand, [{"role": "user", "content": "hi"}], SAMPLE_OPTS, list(range(1, max(ks) + 1)))
+        rounds = {k: [] for k in ks}
+        for _ in range(SAMPLING_ROUNDS):  # interleaved: every k once per round
+            for k in ks:
+                rounds[k].append(_sampling_round(backend, cand, questions, k))
+    for k, rs in rounds.items():
+        ratios = np.array([r["ratio"] for r in rs])
+        half = stats.t_value(0.95, len(ratios) - 1) * ratios.std(ddof=1) / np.sqrt(len(ratios))
+        out[f"k{k}"] = {"rounds": rs, "ratio_mean": round(float(ratios.mean()), 3),
+                        "ratio_interval": [round(float(ratios.mean() - half), 3), round(float(ratios.mean() + half), 3)],
+                        "batched_answers_per_s": round(float(np.mean([r["batched_answers_per_s"] for r in rs])), 3),
+                        "one_at_a_time_answers_per_s": round(float(np.mean([r["one_at_a_time_answers_per_s"]
+                                                                            for r in rs])), 3)}
     return out

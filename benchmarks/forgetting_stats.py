@@ -1,14 +1,16 @@
-"""Aggregates, bootstrap intervals, the table and the chart of `make bench-forgetting`.
+"""Aggregates, intervals, the table and the chart of `make bench-forgetting`.
 
 Each record is one cell x seed: {"cell", "seed", "replay", "outcomes": {question id: 0..100}}.
-Intervals are 95% percentile bootstrap intervals that resample seeds and questions
-together (old and new questions separately); the same draw is applied to every cell,
-so comparisons between cells are paired. Retention is v2's old-fact accuracy relative
-to its own seed's v1 (ratio of the means over seeds); gain is v2's new-fact accuracy
-minus the base's; "vs replay" is a cell's old and new accuracy minus plain replay's, paired
-(same seeds, same questions, same draws), which is what tells two methods apart: their own
-intervals overlap far more than their difference's does. A 10% or 30% replay cell is also
-paired with its method's 20% cell ("vs_base_replay_ratio", in the JSON).
+The intervals are the gate's own (evaluate/stats.py), so the default increment method is
+chosen on the same kind of evidence the gate demands of a version: a cell's score for a
+question is its mean over the seeds (each seed one draw of training, as each sample is one
+draw of an answer), levels get stats.mean_interval, and every comparison between two cells
+(gain over the base, change against v1, "vs replay", "vs_base_replay_ratio") is
+stats.paired_difference over the same questions with samples = the number of seeds (Student's
+t on the paired per-question differences; Newcombe's interval for a single seed). Retention is
+v2's old-fact accuracy relative to its own v1, with bounds derived from the interval of the
+old-fact change against v1, as the gate derives retention from the old-knowledge loss. Old and
+new questions are kept apart.
 """
 
 from __future__ import annotations
@@ -17,75 +19,81 @@ from pathlib import Path
 
 import numpy as np
 
+from loraship.evaluate import stats
+
 GOAL_RETENTION = 90.0  # v2 keeps at least 90% of v1's old-fact accuracy
 GOAL_GAIN = 30.0  # and answers at least 30 points more new facts than the base
 RESAMPLES = 4000
 SEED = 7
+CONFIDENCE = 0.95
 
 
 def _cells(records: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["cell"] for r in records))
 
 
-def _matrix(records: list[dict], cell: str, seeds: list[int], ids: list[str]) -> np.ndarray | None:
+def _scores(records: list[dict], cell: str, seeds: list[int], ids: list[str]) -> np.ndarray | None:
+    """Per question, the cell's mean outcome over the seeds; None until every seed has the cell."""
     by_seed = {r["seed"]: r["outcomes"] for r in records if r["cell"] == cell}
     if any(s not in by_seed for s in seeds):
         return None
-    return np.array([[by_seed[s][q] for q in ids] for s in seeds], dtype=float)
+    return np.array([[by_seed[s][q] for q in ids] for s in seeds], dtype=float).mean(axis=0)
 
 
-def _weights(rng, n: int) -> np.ndarray:
-    """Bootstrap draws as counts: row b says how often each of the n items was drawn."""
-    draws = rng.integers(0, n, (RESAMPLES, n))
-    return np.stack([np.bincount(d, minlength=n) for d in draws]).astype(float)
+def _level(scores: np.ndarray) -> dict:
+    iv = stats.mean_interval(scores, CONFIDENCE, RESAMPLES, SEED)
+    return {"mean": round(iv.estimate, 1), "lo": round(iv.low, 1), "hi": round(iv.high, 1)}
 
 
-def _interval(point: float, draws: np.ndarray) -> dict:
-    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
-    return {"mean": round(float(point), 1), "lo": round(float(lo), 1), "hi": round(float(hi), 1)}
+def _change_iv(ref: np.ndarray, cell: np.ndarray, n_seeds: int) -> stats.Interval:
+    return stats.paired_difference(ref, cell, CONFIDENCE, RESAMPLES, SEED, samples=n_seeds if n_seeds > 1 else 0)
 
 
-def _paired(s: dict, ref: dict) -> dict:
-    """A cell's old and new accuracy minus another's, on the same seeds, questions and draws."""
-    return {k: _interval(s["point"][k] - ref["point"][k], s["boot"][k] - ref["boot"][k]) for k in ("old", "new")}
+def _change(ref: np.ndarray, cell: np.ndarray, n_seeds: int) -> dict:
+    iv = _change_iv(ref, cell, n_seeds)
+    return {"mean": round(iv.estimate, 1), "lo": round(iv.low, 1), "hi": round(iv.high, 1)}
+
+
+def _paired(s: dict, ref: dict, n_seeds: int) -> dict:
+    """A cell's old and new accuracy minus another's, on the same seeds and questions."""
+    return {k: _change(ref[k], s[k], n_seeds) for k in ("old", "new")}
+
+
+def _retention(cell_old: np.ndarray, v1_old: np.ndarray, n_seeds: int) -> dict:
+    """100 x cell / v1 on old facts; its bounds are the old-fact change's, over v1's mean."""
+    iv, base = _change_iv(v1_old, cell_old, n_seeds), max(float(v1_old.mean()), 1e-9)
+    return {k: round(100 * (base + x) / base, 1) for k, x in (("mean", iv.estimate), ("lo", iv.low), ("hi", iv.high))}
 
 
 def summarise(records: list[dict], sides: dict[str, str]) -> dict:
     """Per cell: old and new accuracy, retention of v1's old accuracy, new gain over base, with intervals."""
     seeds = sorted({r["seed"] for r in records if r["cell"] == "v1"})
     ids = {k: [q for q, s in sides.items() if s == k] for k in ("old", "new")}
-    rng = np.random.default_rng(SEED)
-    ws = _weights(rng, len(seeds))
-    wq = {k: _weights(rng, len(v)) for k, v in ids.items()}
-    stats: dict[str, dict] = {}
+    n = len(seeds)
+    scores: dict[str, dict] = {}
     for cell in _cells(records):
-        mats = {k: _matrix(records, cell, seeds, ids[k]) for k in ids}
-        if mats["old"] is None:
-            continue  # not every seed has this cell yet
-        point = {k: float(m.mean()) for k, m in mats.items()}
-        boot = {k: np.einsum("bs,sq,bq->b", ws, m, wq[k]) / (len(seeds) * len(ids[k])) for k, m in mats.items()}
-        stats[cell] = {"point": point, "boot": boot}
+        per = {k: _scores(records, cell, seeds, ids[k]) for k in ids}
+        if per["old"] is not None:  # else not every seed has this cell yet
+            scores[cell] = per
     out = []
-    for cell, s in stats.items():
+    for cell, s in scores.items():
         row = {"cell": cell, "replay": next(r.get("replay") for r in records if r["cell"] == cell),
-               "seeds": len(seeds), "old": _interval(s["point"]["old"], s["boot"]["old"]),
-               "new": _interval(s["point"]["new"], s["boot"]["new"])}
+               "seeds": n, "old": _level(s["old"]), "new": _level(s["new"])}
         train_s = [r["train_s"] for r in records if r["cell"] == cell and "train_s" in r]
         row["train_s"] = round(sum(train_s) / len(train_s), 1) if train_s else None
-        if cell not in ("base", "v1") and "v1" in stats and "base" in stats:
-            v1, base = stats["v1"], stats["base"]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ret = 100 * s["boot"]["old"] / v1["boot"]["old"]
-            row["retention"] = _interval(100 * s["point"]["old"] / max(v1["point"]["old"], 1e-9), ret)
-            row["gain"] = _interval(s["point"]["new"] - base["point"]["new"], s["boot"]["new"] - base["boot"]["new"])
+        if cell not in ("base", "v1") and "v1" in scores and "base" in scores:
+            row["retention"] = _retention(s["old"], scores["v1"]["old"], n)
+            row["gain"] = _change(scores["base"]["new"], s["new"], n)
             row["goal_met"] = row["retention"]["mean"] >= GOAL_RETENTION and row["gain"]["mean"] >= GOAL_GAIN
             row["goal_met_at_lower_bound"] = row["retention"]["lo"] >= GOAL_RETENTION and row["gain"]["lo"] >= GOAL_GAIN
-        if cell not in ("base", "v1", "replay") and "replay" in stats:
-            row["vs_replay"] = _paired(s, stats["replay"])
-        if cell.endswith("%") and (same := cell.rsplit(" ", 1)[0]) in stats:  # "distill+l2 30%" vs its 20% cell
-            row["vs_base_replay_ratio"] = _paired(s, stats[same])
+        if cell not in ("base", "v1", "replay") and "replay" in scores:
+            row["vs_replay"] = _paired(s, scores["replay"], n)
+        if cell.endswith("%") and (same := cell.rsplit(" ", 1)[0]) in scores:  # "distill+l2 30%" vs its 20% cell
+            row["vs_base_replay_ratio"] = _paired(s, scores[same], n)
         out.append(row)
-    return {"cells": out, "resamples": RESAMPLES, "interval": "95% percentile bootstrap over seeds x questions"}
+    return {"cells": out, "resamples": RESAMPLES,
+            "interval": "the gate's intervals (evaluate/stats.py) over questions, each question's score its mean "
+                        "over the seeds; comparisons paired, Student's t with samples = seeds"}
 
 
 def _rank(row: dict) -> tuple:
@@ -145,7 +153,7 @@ def chart(summary: dict, out: Path, n_seeds: int) -> None:
     ax.set_xticks(range(len(rows)), [r["cell"] for r in rows], rotation=30, ha="right")
     ax.set_ylabel("fact accuracy (points)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"SmolLM2-135M, {n_seeds} seed(s): mean and 95% bootstrap interval")
+    ax.set_title(f"SmolLM2-135M, {n_seeds} seed(s): mean and 95% interval (the gate's)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     for r in rows:

@@ -82,6 +82,12 @@ def test_pipeline_end_to_end(isolated_home, tiny_config, ollama_host, model_name
     assert {c["tag"] for c in report["candidates"]} == {f"{m}:v1", f"{m}:v2"}
     assert report["gate"]["passed"] and report["gate"]["parent"] == f"{m}:v1"
     assert all(a["answer"] is not None for a in report["answers"])
+    # the gate's measure: 8 answers per question and tag, sampled at the served temperature, one
+    # request per seed (the Ollama backend does not batch them)
+    measure = report["measure"]
+    assert (measure["name"], measure["samples"], measure["temperature"]) == ("sampled", 8, 0.7)
+    assert all(len(a["samples"]) == 8 and 0 <= a["scores"]["sampled"] <= 100 for a in report["answers"])
+    assert report["aggregates"][f"{m}:v2"]["measure"] == "sampled"
 
     run("promote", f"{m}:v2")
     listed = {m.model: m.digest for m in ollama.Client(host=ollama_host).list().models}

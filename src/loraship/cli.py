@@ -307,6 +307,12 @@ def compare_cmd(tags, config_path, sets, questions_file, backend, retrieval):
       3  INCONCLUSIVE: too few questions to decide either way; the output says about how many would
       2  an error (bad arguments, config, server), nothing judged
 
+    What the gate judges: every question is asked once greedily and compare.samples times (default
+    8) at the served temperature (ollama.temperature), one seed per answer, the same seeds for
+    every tag; a question scores the share of its sampled answers that are right, which carries
+    far less noise than one greedy answer (both are in the reports). --set compare.samples=0
+    judges the greedy answers alone.
+
     With --retrieval every tag also answers with the top-k passages (BM25 over its lineage's
     train split) placed before the question, and so does the base model: is the fine-tune
     better than retrieving its own data? --set gate.preset=beat-retrieval requires +5 points
@@ -316,6 +322,7 @@ def compare_cmd(tags, config_path, sets, questions_file, backend, retrieval):
     Examples:
       loraship compare mining:v1 mining:v2
       loraship compare mining:v1 mining:v2 --backend llama.cpp --questions my-set.yaml
+      loraship compare mining:v1 mining:v2 --set compare.samples=16
       loraship compare mining:v1 mining:v2 --retrieval --set gate.preset=beat-retrieval
       loraship compare mining:v2 --retrieval --set compare.retrieval_embed_model=nomic-embed-text
     """

@@ -102,6 +102,12 @@ class CompareConfig:
     seed: int = 7
     max_test_rows: int = 20  # held-out rows per side (new / old) added to the fixed questions
     min_questions_per_side: int = 30  # compare warns below this many new (or old) questions
+    # The gate's measure (evaluate/sampling.py): every question is also asked `samples` times at
+    # the served temperature (ollama.temperature), seeds seed+1 .. seed+samples, and scored as
+    # the share of those answers that are right: far less noise than one greedy answer, which
+    # is still asked and reported. 0: greedy answers only, and the gate judges those.
+    samples: int = 8
+    sample_temperature: float | None = None  # None: the served temperature (ollama.temperature)
     # Retrieval arms (`loraship compare --retrieval`): every tag also answers with the top-k
     # passages of its lineage's training rows (train splits only, never test rows) placed
     # before the question, and the base model does the same: rows base+retrieval (the
@@ -249,6 +255,19 @@ def check_gate_statistics(gate: GateConfig) -> None:
         raise ConfigError(f"config key 'gate.resamples' must be 1000..100000 (default 10000); got {gate.resamples}")
 
 
+MAX_SAMPLES = 64
+
+
+def _check_sampling(c: CompareConfig) -> None:
+    if isinstance(c.samples, bool) or not isinstance(c.samples, int) or not 0 <= c.samples <= MAX_SAMPLES:
+        raise ConfigError(f"config key 'compare.samples' must be a whole number 0..{MAX_SAMPLES} (answers sampled "
+                          f"per question; 0: greedy only), got {c.samples!r}")
+    t = c.sample_temperature
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 2):
+        raise ConfigError("config key 'compare.sample_temperature' must be a number in (0, 2], or null for the "
+                          f"served temperature (for greedy answers only set compare.samples: 0), got {t!r}")
+
+
 def _validate(cfg: Config) -> None:
     if cfg.train.strategy not in ("continue", "stack"):
         raise ConfigError(f"config key 'train.strategy' must be 'continue' or 'stack', got {cfg.train.strategy!r}")
@@ -266,6 +285,7 @@ def _validate(cfg: Config) -> None:
     if cfg.train.logging_steps is not None and cfg.train.logging_steps < 1:
         raise ConfigError(f"config key 'train.logging_steps' must be at least 1 (or null: about 50 per run), got {cfg.train.logging_steps}")
     check_gate_statistics(cfg.gate)
+    _check_sampling(cfg.compare)
     if cfg.compare.retrieval_top_k < 1:
         raise ConfigError("config key 'compare.retrieval_top_k' must be at least 1")
 

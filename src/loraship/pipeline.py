@@ -169,7 +169,7 @@ def stage_compare(tags: list[str], cfg: Config, *, backend_name: str = "ollama",
             plan = arms.build_plan(cfg, vs, candidates, questions, backend_name, backend, log)
         result = compare.run_compare(candidates, questions, backend, cfg.compare, cfg.gate, domain_corpus=corpus,
                                      system=cfg.ollama.system, progress=progress, num_ctx=cfg.ollama.num_ctx,
-                                     retrieval_plan=plan)
+                                     retrieval_plan=plan, served_temperature=cfg.ollama.temperature)
     finally:
         if plan:
             plan.close()

@@ -5,8 +5,13 @@ path every user of a registered tag takes). LlamaCppBackend reads the GGUF files
 directly through llama-cpp-python, for machines without an Ollama server (CI, laptops):
 it applies the GGUF's own chat template, so it measures the weights, not the Modelfile.
 
-Options are Ollama's names ({"temperature", "seed", "num_ctx", "num_predict"}); the
-llama.cpp backend translates them.
+Options are Ollama's names ({"temperature", "seed", "num_ctx", "num_predict", "top_k",
+"top_p", "min_p"}); the llama.cpp backend translates them.
+
+Sampled answers (compare.samples): a backend with `batches_samples` answers all k seeds of one
+question in one call (`samples`: llama.cpp decodes them together, evaluate/llama_batch.py);
+for the others compare asks once per seed (`answer` with options.seed), as many at once as
+the server takes (evaluate/concurrency.py).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from loraship.errors import ConfigError, OllamaError, VersionError
-from loraship.evaluate import concurrency
+from loraship.evaluate import concurrency, llama_batch
 from loraship.evaluate.candidate import Candidate
 from loraship.export import llama_runtime
 from loraship.serve import ollama_client
@@ -27,6 +32,7 @@ _DEFAULT_PREFIXES = ("registry.ollama.ai/library/", "registry.ollama.ai/")
 
 class Backend(Protocol):
     name: str
+    batches_samples: bool
 
     def served_digest(self, c: Candidate) -> str | None: ...
 
@@ -43,6 +49,7 @@ def normalize_tag(name: str) -> str:
 
 class OllamaBackend:
     name = "ollama"
+    batches_samples = False  # one request per seed; the server runs them in parallel if it can
 
     def __init__(self, host: str | None = None, timeout: float = 600.0, client: Any = None):
         self.host = ollama_client.resolve_host(host)
@@ -106,11 +113,13 @@ class LlamaCppBackend:
     """
 
     name = "llama.cpp"
+    batches_samples = True
 
     def __init__(self, n_ctx: int = 2048, n_threads: int | None = None):
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self._models: dict[Path, tuple[Any, threading.Lock]] = {}
+        self._samplers: dict[Path, llama_batch.BatchSampler] = {}
         self._digests: dict[tuple[Path, int, int], str] = {}
         self._guard = threading.Lock()
 
@@ -146,10 +155,13 @@ class LlamaCppBackend:
                     "seed": options.get("seed") or 0,
                     "verbose": False,
                 }
-                if options.get("num_thread") or self.n_threads:  # Ollama's option name, as for Ollama
-                    kwargs["n_threads"] = options.get("num_thread") or self.n_threads
+                if self._threads(options):  # Ollama's option name, as for Ollama
+                    kwargs["n_threads"] = self._threads(options)
                 self._models[path] = (llama_cpp.Llama(**kwargs), threading.Lock())
             return self._models[path]
+
+    def _threads(self, options: dict) -> int | None:
+        return options.get("num_thread") or self.n_threads
 
     def server(self, candidates: list[Candidate]) -> concurrency.Server:
         return concurrency.llamacpp_server()
@@ -157,20 +169,69 @@ class LlamaCppBackend:
     def answer(self, c: Candidate, messages: list[dict], options: dict) -> str:
         llm, lock = self._model(c, options)
         with lock:
-            resp = llm.create_chat_completion(
-                messages=messages,
-                temperature=float(options.get("temperature", 0.0)),
-                seed=options.get("seed"),
-                max_tokens=options.get("num_predict"),
-            )
+            return self._complete(llm, messages, options)
+
+    @staticmethod
+    def _complete(llm: Any, messages: list[dict], options: dict, **extra: Any) -> str:
+        sampling = {k: options[k] for k in ("top_k", "top_p", "min_p") if options.get(k) is not None}
+        resp = llm.create_chat_completion(
+            messages=messages,
+            temperature=float(options.get("temperature", 0.0)),
+            seed=options.get("seed"),
+            max_tokens=options.get("num_predict"),
+            **sampling,
+            **extra,
+        )
         return resp["choices"][0]["message"].get("content") or ""
+
+    def samples(self, c: Candidate, messages: list[dict], options: dict, seeds: list[int]) -> list[str]:
+        """One answer per seed, decoded together (llama_batch.BatchSampler). One at a time through
+        create_chat_completion instead when the GGUF's chat format is not its own template, or
+        when k answers of num_predict tokens do not fit the context: then each sample starts
+        from an empty cache (llama.cpp's logits depend on how a prompt was split into batches,
+        so a prompt half-reused from the last answer would make a seed's answer depend on
+        what was asked before) and without a repeat penalty (Ollama's sampler has none;
+        llama-cpp-python's chat default is 1.1)."""
+        llm, lock = self._model(c, options)
+        settings = llama_batch.SamplerSettings(
+            float(options.get("temperature", 0.0)), int(options.get("top_k", llama_batch.TOP_K)),
+            float(options.get("top_p", llama_batch.TOP_P)), float(options.get("min_p", llama_batch.MIN_P)))
+        limit = options.get("num_predict") or 0
+        with lock:
+            prompt = llama_batch.prompt_for(llm, messages) if limit > 0 else None
+            if prompt is not None:
+                sampler = self._sampler(self._path(c), llm, len(seeds), options)
+                if sampler.fits(len(prompt[0]), limit, len(seeds)):
+                    return sampler.sample(prompt[0], prompt[1], seeds, settings, limit)
+            texts = []
+            for seed in seeds:
+                llm.reset()
+                texts.append(self._complete(llm, messages, {**options, "seed": seed}, repeat_penalty=1.0))
+            return texts
+
+    def _sampler(self, path: Path, llm: Any, k: int, options: dict) -> llama_batch.BatchSampler:
+        """The model's batch context, made again only for a larger k (the caller holds its lock)."""
+        with self._guard:
+            sampler = self._samplers.get(path)
+            if sampler is None or sampler.sequences < k:
+                if sampler is not None:
+                    sampler.close()
+                sampler = llama_batch.BatchSampler(llm, k, options.get("num_ctx") or self.n_ctx,
+                                                   self._threads(options))
+                self._samplers[path] = sampler
+            return sampler
 
     def close(self) -> None:
         with self._guard:
             models, self._models = self._models, {}
-        for llm, lock in models.values():
+            samplers, self._samplers = self._samplers, {}
+        for path, (llm, lock) in models.items():
             with lock:
+                if path in samplers:  # its context uses the model's weights: freed first
+                    samplers.pop(path).close()
                 llm.close()
+        for sampler in samplers.values():
+            sampler.close()
 
     def __enter__(self) -> LlamaCppBackend:
         return self

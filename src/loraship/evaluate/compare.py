@@ -2,9 +2,11 @@
 
 `run_compare` checks every served digest before asking anything (a tag overwritten
 outside loraship must not be scored under the version's name), asks each candidate the
-same prompts with deterministic options, scores the answers (see scoring.py for the
-rules) and judges the newest candidate against its parent with the GateConfig: paired
-per-question scores, intervals, PASS / FAIL / INCONCLUSIVE (gate.py, stats.py).
+same prompts with deterministic options (one greedy answer, and with compare.samples k
+answers sampled at the served temperature with fixed seeds: sampling.py), scores the
+answers (see scoring.py for the rules) and judges the newest candidate against its parent
+with the GateConfig: paired per-question scores of the measure, intervals, PASS / FAIL /
+INCONCLUSIVE (gate.py, stats.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import yaml
 
 from loraship.config import CompareConfig, GateConfig, check_gate_statistics
 from loraship.errors import ConfigError, VersionError
-from loraship.evaluate import arms, concurrency, scoring
+from loraship.evaluate import arms, concurrency, sampling, scoring
 from loraship.evaluate import gate as gating
 from loraship.evaluate.backends import Backend
 from loraship.evaluate.candidate import Candidate  # noqa: F401  (re-exported for callers of compare)
@@ -285,20 +287,44 @@ def _messages(q: Question, system: str | None) -> list[dict]:
     return msgs + [{"role": "user", "content": q.question}]
 
 
-def _ask_all(candidates, questions, backend, options, system, n_workers, progress):
-    """Every (candidate, question) answer, keyed by (tag, question id).
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.monotonic()
+    return fn(), time.monotonic() - start
+
+
+def _ask_all(candidates, questions, backend, options, system, n_workers, progress, measure=None):
+    """Every answer: greedy ones keyed (tag, question id) -> (text, seconds); sampled ones
+    (tag, question id, "samples") -> (texts, seconds) from a backend that decodes a question's
+    k samples together, else (tag, question id, i) -> (text, seconds), one request per seed.
 
     Jobs are submitted candidate by candidate so a server swaps models as rarely as
     possible; results are keyed, so completion order never changes the report.
     """
-
-    def ask(c: Candidate, q: Question) -> tuple[str, float]:
-        start = time.monotonic()
-        text = backend.answer(c, _messages(q, system), dict(options))
-        return text or "", time.monotonic() - start
-
-    jobs = {(c.tag, q.id): (lambda c=c, q=q: ask(c, q)) for c in candidates for q in questions}
+    jobs: dict[tuple, Callable[[], tuple[Any, float]]] = {}
+    sample_opts = sampling.options(options, measure) if measure and measure.samples else None
+    for c in candidates:
+        for q in questions:
+            msgs = _messages(q, system)
+            jobs[(c.tag, q.id)] = lambda c=c, m=msgs: _timed(lambda: backend.answer(c, m, dict(options)) or "")
+            if sample_opts is None:
+                continue
+            if getattr(backend, "batches_samples", False):
+                jobs[(c.tag, q.id, "samples")] = lambda c=c, m=msgs: _timed(
+                    lambda: backend.samples(c, m, dict(sample_opts), list(measure.seeds)))
+            else:
+                for i, seed in enumerate(measure.seeds):
+                    jobs[(c.tag, q.id, i)] = lambda c=c, m=msgs, seed=seed: _timed(
+                        lambda: backend.answer(c, m, {**sample_opts, "seed": seed}) or "")
     return concurrency.run_keyed(jobs, n_workers, progress)
+
+
+def _samples_of(raw: dict, tag: str, qid: str, k: int) -> tuple[list[str], float]:
+    """A question's k sampled texts and the seconds spent on them, however they were asked."""
+    if (tag, qid, "samples") in raw:
+        texts, seconds = raw[(tag, qid, "samples")]
+        return [t or "" for t in texts], seconds
+    parts = [raw[(tag, qid, i)] for i in range(k)]
+    return [t for t, _ in parts], sum(sec for _, sec in parts)
 
 
 def run_compare(
@@ -313,20 +339,27 @@ def run_compare(
     progress: Callable[[int, int], None] | None = None,
     num_ctx: int | None = None,
     retrieval_plan: Any = None,
+    served_temperature: float | None = None,
 ) -> dict:
     """Ask, score, judge; returns the JSON-serialisable report (see write_reports).
 
+    `served_temperature` is the temperature the tags are served at (the Modelfile's): the
+    sampled measure draws its answers there unless compare.sample_temperature says otherwise.
     With a `retrieval_plan` (arms.build_plan) the retrieval rows are asked too (arms.py)."""
     _validate_inputs(candidates, questions, gate)
     served = check_digests(candidates, backend)
     options = options_for(cfg, num_ctx)
+    measure = sampling.choose(cfg, served_temperature)
     workers = concurrency.for_backend(cfg.concurrency, cfg.num_thread, backend, candidates)
     if workers.num_thread:
         options["num_thread"] = workers.num_thread
-    plain, extra = len(candidates) * len(questions), len(retrieval_plan.arms) * len(questions) if retrieval_plan else 0
+    # One progress bar over every request: greedy answers, sample jobs, retrieval arms.
+    sample_jobs = (1 if getattr(backend, "batches_samples", False) else measure.samples) if measure.samples else 0
+    plain = len(candidates) * len(questions) * (1 + sample_jobs)
+    extra = len(retrieval_plan.arms) * len(questions) if retrieval_plan else 0
     arm_digests = arms.served(retrieval_plan) if retrieval_plan else {}
     one_bar = (lambda d, t: progress(d, plain + extra)) if progress else None
-    raw = _ask_all(candidates, questions, backend, options, system, workers.workers, one_bar)
+    raw = _ask_all(candidates, questions, backend, options, system, workers.workers, one_bar, measure)
     index = scoring.RelevanceIndex(domain_corpus)
     answers, per_tag, scored_by_tag = [], {}, {}
     for c in candidates:
@@ -334,23 +367,20 @@ def run_compare(
         for q in questions:
             text, seconds = raw[(c.tag, q.id)]
             s = scoring.score_answer(text, q, index)
+            record = {"tag": c.tag, "question_id": q.id, "answer": text, "seconds": round(seconds, 3), "scores": s}
+            if measure.samples:
+                texts, sample_seconds = _samples_of(raw, c.tag, q.id, measure.samples)
+                s.update(sampling.score(texts, q))
+                record.update(samples=texts, samples_seconds=round(sample_seconds, 3))
             scored.append((q, s))
-            answers.append(
-                {
-                    "tag": c.tag,
-                    "question_id": q.id,
-                    "answer": text,
-                    "seconds": round(seconds, 3),
-                    "scores": s,
-                }
-            )
+            answers.append(record)
         agg = scoring.aggregate(scored)
         agg["empty_answers"] = sum(not raw[(c.tag, q.id)][0].strip() for q in questions)
         agg["mean_seconds"] = round(
             sum(raw[(c.tag, q.id)][1] for q in questions) / len(questions), 3
         )
         per_tag[c.tag] = agg
-    gating.add_parent_deltas(candidates, per_tag, scored_by_tag, gate)
+    gating.add_parent_deltas(candidates, per_tag, scored_by_tag, gate, measure)
     if retrieval_plan:
         arm_bar = (lambda d, t: progress(plain + d, plain + extra)) if progress else None
         arm_answers, arm_aggs = arms.run_arms(retrieval_plan, questions, options, system, workers.workers,
@@ -362,6 +392,7 @@ def run_compare(
         "created_at": now_iso(),
         "backend": backend.name,
         "options": options,
+        "measure": measure.record(),  # what the gate judged: sampled answers or the greedy one
         "concurrency": workers.record(),  # requests at once and threads each, with the reason
         "system": system,
         "scoring_rules": scoring.RULES_VERSION,
@@ -377,7 +408,7 @@ def run_compare(
         "questions": [asdict(q) for q in questions],
         "answers": answers,
         "aggregates": per_tag,
-        "gate": gating.judge(candidates, per_tag, gate),
+        "gate": gating.judge(candidates, per_tag, gate, measure),
     }
     gating.add_check(report["gate"], arms.gain_check(answers, report["gate"]["candidate"], gate))
     if retrieval_plan:

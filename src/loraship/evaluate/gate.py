@@ -1,7 +1,8 @@
 """The gate: is the newest candidate measurably better than its parent, given how few questions there are?
 
-Per-question scores are paired between the candidate and its parent (same questions,
-same prompts), and every aggregate gets an interval at `gate.confidence` (stats.py:
+Per-question scores of the comparison's measure (sampling.py: the share of k sampled
+answers that are right, or the greedy answer's accuracy) are paired between the candidate
+and its parent (same questions, same prompts, same seeds), and every aggregate gets an interval at `gate.confidence` (stats.py:
 paired bootstrap over questions, widened to a score interval where that is wider). Each
 check then has three outcomes, decided on the numbers the report shows (2 decimals):
 
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from loraship.config import GateConfig
-from loraship.evaluate import stats
+from loraship.evaluate import sampling, stats
 from loraship.evaluate.candidate import Candidate
 from loraship.evaluate.scoring import retention
 from loraship.paths import parse_version_id
@@ -36,6 +37,9 @@ MEANS = {
     "accuracy_new": ("accuracy", "new"),
     "accuracy_old": ("accuracy", "old"),
     "accuracy": ("accuracy", None),
+    "sampled_new": ("sampled", "new"),
+    "sampled_old": ("sampled", "old"),
+    "sampled": ("sampled", None),
     "detail": ("detail", None),
     "relevance": ("relevance", None),
     "grounding": ("grounding", None),
@@ -48,14 +52,19 @@ class ScoredQuestion(Protocol):
 
 
 Scored = list[tuple[ScoredQuestion, dict[str, Any]]]
+GREEDY = sampling.Measure(sampling.GREEDY, 0, None, (), "greedy answers")
 
 
-def method(gate: GateConfig) -> str:
-    """One sentence naming how the intervals were made, for every report."""
-    return (f"{_pct(gate.confidence)} intervals: paired bootstrap over questions (percentile, "
-            f"{gate.resamples} resamples, seed {gate.seed}), widened to the score interval where that "
-            "is wider (Wilson for a mean, Newcombe's paired hybrid score interval for a difference); "
-            "exact McNemar test on per-fact right/wrong")
+def method(gate: GateConfig, measure: sampling.Measure = GREEDY) -> str:
+    """One sentence naming the measure and how the intervals were made, for every report."""
+    score = ("for a difference of sampled shares Student's t on the observed spread of the per-question "
+             "differences (same seeds on both sides), never below one sample on one question; Wilson for a mean"
+             if measure.samples else
+             "Wilson for a mean, Newcombe's paired hybrid score interval for a difference")
+    return (f"gate measure: {measure.describe()}; {_pct(gate.confidence)} intervals: paired bootstrap over "
+            f"questions (percentile, {gate.resamples} resamples, seed {gate.seed}), widened to the score "
+            f"interval where that is wider ({score}); exact McNemar test on the greedy answers' per-fact "
+            "right/wrong")
 
 
 def _pct(confidence: float) -> str:
@@ -79,15 +88,17 @@ def _mean_intervals(scored: Scored, gate: GateConfig) -> dict[str, dict | None]:
     return out
 
 
-def _paired(parent: Scored, cand: Scored, knowledge: str) -> tuple[list[float], list[float]]:
-    p, c = _scores(parent, "accuracy", knowledge), _scores(cand, "accuracy", knowledge)
+def _paired(parent: Scored, cand: Scored, knowledge: str, key: str) -> tuple[list[float], list[float]]:
+    p, c = _scores(parent, key, knowledge), _scores(cand, key, knowledge)
     ids = [qid for qid in c if qid in p]
     return [p[i] for i in ids], [c[i] for i in ids]
 
 
-def _change(parent: Scored, cand: Scored, knowledge: str, gate: GateConfig) -> stats.Interval | None:
-    p, c = _paired(parent, cand, knowledge)
-    return stats.paired_difference(p, c, gate.confidence, gate.resamples, gate.seed) if p else None
+def _change(parent: Scored, cand: Scored, knowledge: str, gate: GateConfig,
+            measure: sampling.Measure) -> stats.Interval | None:
+    p, c = _paired(parent, cand, knowledge, measure.key)
+    return (stats.paired_difference(p, c, gate.confidence, gate.resamples, gate.seed, measure.samples)
+            if p else None)
 
 
 def _retention_interval(loss: dict | None, parent_old: float | None) -> dict | None:
@@ -127,26 +138,36 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 2)
 
 
+def level_keys(measure_name: str) -> tuple[str, str]:
+    """The aggregates holding a measure's new and old levels."""
+    prefix = "sampled" if measure_name == sampling.SAMPLED else "accuracy"
+    return f"{prefix}_new", f"{prefix}_old"
+
+
 def add_parent_deltas(candidates: list[Candidate], per_tag: dict[str, dict],
-                      scored: dict[str, Scored], gate: GateConfig) -> None:
-    """Intervals for every aggregate; gain, loss, retention (with intervals) against the parent."""
+                      scored: dict[str, Scored], gate: GateConfig,
+                      measure: sampling.Measure = GREEDY) -> None:
+    """Intervals for every aggregate; gain, loss, retention (with intervals) against the parent,
+    all on the measure's per-question scores."""
     versions = {c.version: c for c in candidates}
+    new, old = level_keys(measure.name)
     for c in candidates:
         agg = per_tag[c.tag]
+        agg["measure"] = measure.name
         agg["intervals"] = _mean_intervals(scored[c.tag], gate)
         p = versions.get(c.parent) if c.parent else None
         pa = per_tag[p.tag] if p else None
         agg["parent_tag"] = p.tag if p else None
-        agg["new_gain"] = _diff(agg["accuracy_new"], pa and pa["accuracy_new"])
-        agg["old_loss"] = _diff(pa and pa["accuracy_old"], agg["accuracy_old"])
-        r = retention(agg["accuracy_old"], pa["accuracy_old"]) if pa else None
+        agg["new_gain"] = _diff(agg.get(new), pa and pa.get(new))
+        agg["old_loss"] = _diff(pa and pa.get(old), agg.get(old))
+        r = retention(agg.get(old), pa.get(old)) if pa else None
         agg["retention"] = None if r is None else round(r, 2)
-        gain = _change(scored[p.tag], scored[c.tag], "new", gate) if p else None
-        change = _change(scored[p.tag], scored[c.tag], "old", gate) if p else None
+        gain = _change(scored[p.tag], scored[c.tag], "new", gate, measure) if p else None
+        change = _change(scored[p.tag], scored[c.tag], "old", gate, measure) if p else None
         agg["intervals"]["new_gain"] = gain.to_json() if gain else None
         agg["intervals"]["old_loss"] = change.negated().to_json() if change else None
         agg["intervals"]["retention"] = _retention_interval(
-            agg["intervals"]["old_loss"], pa and pa["accuracy_old"])
+            agg["intervals"]["old_loss"], pa and pa.get(old))
         agg["mcnemar"] = ({k: fact_pairs(scored[p.tag], scored[c.tag], k) for k in ("new", "old")}
                           if p else None)
 
@@ -199,12 +220,16 @@ def _bounded(name: str, label: str, what: str, value: float, interval: dict, thr
     return _check(name, label, value, threshold, result, f"{what} ({ci}); {tail}", interval, n, need)
 
 
+def _what(agg: dict) -> str:
+    return "sampled accuracy" if agg.get("measure") == sampling.SAMPLED else "accuracy"
+
+
 def _gain_check(agg: dict, gate: GateConfig, has_parent: bool) -> dict:
     label, v = "new-knowledge accuracy gain over the parent", agg["new_gain"]
     iv = agg.get("intervals", {}).get("new_gain")
     if not has_parent or v is None or iv is None:
         return _not_measured("new_gain", label, gate.min_new_gain, has_parent, "new")
-    what = f"new-knowledge accuracy {v:+.1f} points over the parent"
+    what = f"new-knowledge {_what(agg)} {v:+.1f} points over the parent"
     return _bounded("new_gain", label, what, v, iv, gate.min_new_gain, True, agg["n_new"], gate)
 
 
@@ -215,8 +240,8 @@ def _loss_check(agg: dict, gate: GateConfig, has_parent: bool) -> dict:
         return _not_measured("old_loss", label, gate.max_old_loss, has_parent, "old")
     # The estimate is stated as the quantity its interval bounds (the loss), with the same sign,
     # so a rise reads "lost -11.1 points (95% interval -26.7 to +5.2)", never "+11.1" beside it.
-    what = (f"old-knowledge accuracy lost {v:+.1f} points" if v > 0
-            else f"old-knowledge accuracy did not drop: lost {v:+.1f} points")
+    what = (f"old-knowledge {_what(agg)} lost {v:+.1f} points" if v > 0
+            else f"old-knowledge {_what(agg)} did not drop: lost {v:+.1f} points")
     return _bounded("old_loss", label, what, v, iv, gate.max_old_loss, False, agg["n_old"], gate)
 
 
@@ -300,7 +325,8 @@ def add_check(verdict: dict, check: dict | None) -> None:
         _settle(verdict)
 
 
-def judge(candidates: list[Candidate], per_tag: dict[str, dict], gate: GateConfig) -> dict:
+def judge(candidates: list[Candidate], per_tag: dict[str, dict], gate: GateConfig,
+          measure: sampling.Measure = GREEDY) -> dict:
     """The verdict for the newest candidate (highest version number) against its parent."""
     newest = max(candidates, key=lambda c: parse_version_id(c.version))
     parent = {c.version: c for c in candidates}.get(newest.parent) if newest.parent else None
@@ -314,7 +340,8 @@ def judge(candidates: list[Candidate], per_tag: dict[str, dict], gate: GateConfi
                    _loss_check(agg, gate, bool(parent)), _grounding_check(agg, gate)],
         "thresholds": asdict(gate),
         "statistics": {
-            "method": method(gate), "confidence": gate.confidence, "resamples": gate.resamples,
+            "method": method(gate, measure), "measure": measure.record(),
+            "confidence": gate.confidence, "resamples": gate.resamples,
             "seed": gate.seed, "numpy": np.__version__,
             "questions": {"new": agg["n_new"], "old": agg["n_old"], "grounded": agg["n_grounded"]},
             "mcnemar": agg.get("mcnemar"),

@@ -22,6 +22,9 @@ METRICS = [
     ("relevance", "relevance"),
     ("retention", "retention"),
 ]
+# The sampled measure (evaluate/sampling.py), shown first where the gate judged it; greedy
+# accuracy stays beside it.
+SAMPLED_METRICS = [("sampled_new", "sampled (new)"), ("sampled_old", "sampled (old)")]
 COLORS = ["#4e79a7", "#f28e2b", "#76b7b2", "#af7aa1", "#edc948", "#9c755f", "#ff9da7", "#bab0ac"]
 TABLE_COLUMNS = [
     *METRICS,
@@ -85,8 +88,17 @@ def answer_tags(report: dict) -> list[str]:
     return [c["tag"] for c in report["candidates"]] + [a["label"] for a in arms]
 
 
+def _sampled(report: dict) -> bool:
+    return (report.get("measure") or {}).get("name") == "sampled"
+
+
 def _chart_metrics(report: dict) -> list[tuple[str, str]]:
-    return METRICS + ([("grounding", "grounding")] if _grounding_used(report) else [])
+    return ((SAMPLED_METRICS if _sampled(report) else []) + METRICS
+            + ([("grounding", "grounding")] if _grounding_used(report) else []))
+
+
+def _table_columns(report: dict) -> list[tuple[str, str]]:
+    return (SAMPLED_METRICS if _sampled(report) else []) + TABLE_COLUMNS
 
 
 # ---------------------------------------------------------------- markdown
@@ -111,12 +123,12 @@ def render_markdown(report: dict) -> str:
     out += [
         "## Scores per tag (points, 0-100; [interval] where measured)",
         "",
-        "| tag | " + " | ".join(lbl for _, lbl in TABLE_COLUMNS) + " |",
-        "|---" * (len(TABLE_COLUMNS) + 1) + "|",
+        "| tag | " + " | ".join(lbl for _, lbl in _table_columns(report)) + " |",
+        "|---" * (len(_table_columns(report)) + 1) + "|",
     ]
     for tag, agg in report["aggregates"].items():
         out.append(
-            f"| {_md_cell(tag)} | " + " | ".join(_with_interval(agg, k) for k, _ in TABLE_COLUMNS) + " |"
+            f"| {_md_cell(tag)} | " + " | ".join(_with_interval(agg, k) for k, _ in _table_columns(report)) + " |"
         )
     note = retrieval_note(report)
     out += [*(["", note] if note else []), "", *report_gate.markdown_section(report, _md_cell), "", "## Answers", ""]
@@ -132,20 +144,30 @@ def render_markdown(report: dict) -> str:
             out.append("Facts: " + "; ".join(_md_cell(f) for f in q["facts"]))
         if q.get("sources"):
             out.append("Sources: " + "; ".join(_md_cell(s) for s in q["sources"]))
+        sampled = _sampled(report)
         out += [
             "",
-            "| tag | answer | accuracy | detail | relevance | grounding |",
-            "|---|---|---|---|---|---|",
+            "| tag | answer | accuracy |" + (" sampled |" if sampled else "") + " detail | relevance | grounding |",
+            "|---|---|---|" + ("---|" if sampled else "") + "---|---|---|",
         ]
         for tag in answer_tags(report):
             a = by_key[(tag, q["id"])]
             s = a["scores"]
             out.append(
-                f"| {_md_cell(tag)} | {_md_cell(a['answer'])} | {fmt(s['accuracy'])} | {fmt(s['detail'])} "
-                f"| {fmt(s['relevance'])} | {fmt(s['grounding'])} |"
+                f"| {_md_cell(tag)} | {_md_cell(a['answer'])} | {fmt(s['accuracy'])} |"
+                + (f" {_sampled_cell(a)} |" if sampled else "")
+                + f" {fmt(s['detail'])} | {fmt(s['relevance'])} | {fmt(s['grounding'])} |"
             )
         out.append("")
     return "\n".join(out)
+
+
+def _sampled_cell(a: dict) -> str:
+    """'62.5 (5/8 right)' for a sampled answer set; 'n/a' without samples."""
+    s = a["scores"]
+    if s.get("sampled") is None:
+        return "n/a"
+    return f"{fmt(s['sampled'])} ({s['sampled_right']}/{len(a.get('samples') or [])} right)"
 
 
 # ---------------------------------------------------------------- html
@@ -244,11 +266,12 @@ def _svg_chart(report: dict) -> str:
 
 
 def _aggregates_table(report: dict) -> str:
-    head = "".join(f"<th>{escape(lbl)}</th>" for _, lbl in TABLE_COLUMNS)
+    columns = _table_columns(report)
+    head = "".join(f"<th>{escape(lbl)}</th>" for _, lbl in columns)
     rows = []
     for t, (tag, agg) in enumerate(report["aggregates"].items()):
         sw = f'<span class="swatch" style="background:{COLORS[t % len(COLORS)]}"></span>'
-        cells = "".join(f'<td class="num">{fmt(agg.get(k))}{_ci_html(agg, k)}</td>' for k, _ in TABLE_COLUMNS)
+        cells = "".join(f'<td class="num">{fmt(agg.get(k))}{_ci_html(agg, k)}</td>' for k, _ in columns)
         rows.append(f"<tr><th>{sw}{escape(tag)}</th>{cells}</tr>")
     return f"<table><tr><th>tag</th>{head}</tr>{''.join(rows)}</table>"
 
@@ -294,6 +317,10 @@ def _answer_cell(q: dict, a: dict) -> str:
     if a.get("retrieved") is not None:
         ids = ", ".join(escape(p["id"]) for p in a["retrieved"]) or "none"
         facts += f'<div class="facts">retrieved: {ids}</div>'
+    if a.get("samples"):  # the sampled answers behind the gate's measure, folded away
+        items = "".join(f"<li>{escape(t) or '<i>(empty answer)</i>'}</li>" for t in a["samples"])
+        facts += (f'<details class="facts"><summary>sampled {escape(_sampled_cell(a))}</summary>'
+                  f'<ol class="ans">{items}</ol></details>')
     return f'<td><div class="ans">{escape(a["answer"]) or "<i>(empty answer)</i>"}</div><div class="scores">{chips}</div>{facts}</td>'
 
 
@@ -311,6 +338,9 @@ def _answers_table(report: dict) -> str:
 def render_html(report: dict) -> str:
     g = report["gate"]
     opts = ", ".join(f"{k}={v}" for k, v in sorted(report["options"].items()))
+    if _sampled(report):
+        m = report["measure"]
+        opts += f"; {m['samples']} samples per question at temperature {m['temperature']:g}"
     meta = (
         f"{escape(report['created_at'])} &middot; backend {escape(report['backend'])} &middot; {escape(opts)} "
         f"&middot; {len(report['questions'])} questions &times; {len(report['candidates'])} tags"

@@ -59,19 +59,26 @@ def method_line(report: dict) -> str | None:
 
 # ---------------------------------------------------------------- text (CLI, demo)
 
-_TAG_KEYS = (("accuracy_new", "new", False), ("accuracy_old", "old", False),
-             ("new_gain", "gain", True), ("old_loss", "loss", True))
+def _tag_keys(agg: dict) -> tuple:
+    """The levels the gate judged (sampled or greedy), then gain and loss on that measure."""
+    prefix = "sampled" if agg.get("measure") == "sampled" else "accuracy"
+    return ((f"{prefix}_new", "new", False), (f"{prefix}_old", "old", False),
+            ("new_gain", "gain", True), ("old_loss", "loss", True))
 
 
 def _tag_line(tag: str, agg: dict) -> str:
     parts = []
-    for key, name, signed in _TAG_KEYS:
+    for key, name, signed in _tag_keys(agg):
         v = agg.get(key)
         if v is None:
             continue
         ci = interval((agg.get("intervals") or {}).get(key), signed)
         parts.append(f"{name} {v:+.1f}" if signed else f"{name} {v:.1f}")
         parts[-1] += f" {ci}" if ci else ""
+    greedy = [f"{side} {agg[key]:.1f}" for key, side in (("accuracy_new", "new"), ("accuracy_old", "old"))
+              if agg.get(key) is not None]
+    if agg.get("measure") == "sampled" and greedy:
+        parts.append(f"(greedy: {', '.join(greedy)})")
     return f"{tag}: " + "  ".join(parts)
 
 

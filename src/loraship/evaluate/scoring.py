@@ -241,10 +241,13 @@ def aggregate(scored: list[tuple[QuestionLike, dict[str, Any]]]) -> dict[str, An
         v = mean(s[key] for q, s in scored if knowledge is None or q.knowledge == knowledge)
         return None if v is None else round(v, 2)
 
+    sampled = any("sampled" in s for _, s in scored)  # compare.samples > 0 (evaluate/sampling.py)
     return {
         "accuracy_new": m("accuracy", "new"),
         "accuracy_old": m("accuracy", "old"),
         "accuracy": m("accuracy"),
+        **({"sampled_new": m("sampled", "new"), "sampled_old": m("sampled", "old"), "sampled": m("sampled")}
+           if sampled else {}),
         "detail": m("detail"),
         "relevance": m("relevance"),
         "grounding": m("grounding"),

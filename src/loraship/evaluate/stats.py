@@ -15,6 +15,18 @@ Every interval here is the hull of two intervals over the same questions:
   interval; on fractional scores (the same formulas on the scores' covariance) Wilson's
   variance p(1-p) is the largest any 0..1 score with mean p can have, so it errs wide.
 
+Sampled scores (compare.samples = k > 0: each question's score is the share of k answers,
+sampled at the served temperature, that are right) are fractions with far less spread than
+right/wrong, and Newcombe's interval, built on Wilson's variance p(1-p), would hide exactly
+that. A paired difference of sampled scores gets Student's t on the observed spread of the
+per-question differences instead. Both sides are sampled with the same seeds (common random
+numbers: two similar models draw similar answers from the same seed), which is what makes
+those differences small, so the spread is taken as observed, never narrower than one sample's
+difference on one question (sd 1/(k sqrt(n))): a run where every question came out the same
+still gets a width. Levels (one tag's mean) keep Wilson's interval: they are reported, not
+gated, and erring wide there costs nothing. The bootstrap part is the same percentile
+bootstrap over questions.
+
 Why both: on few questions the percentile bootstrap is far too sure of itself, and when
 every pair agrees it has zero width (ten questions with no change "prove" no change). In
 a simulation of paired right/wrong answers (5 true effects, 300 runs each, 95% asked)
@@ -55,6 +67,8 @@ class Interval:
     means: tuple[float, ...]
     cov: float = 0.0
     sd_product: float = 0.0
+    samples: int = 0  # k of sampled scores (Student's t score part); 0: Wilson / Newcombe
+    sd: float = 0.0  # the spread the t part used (fraction), kept for project()
 
     @property
     def estimate(self) -> float:
@@ -66,19 +80,21 @@ class Interval:
                 "bootstrap": [r(self.bootstrap[0]), r(self.bootstrap[1])],
                 "score": [r(self.score[0]), r(self.score[1])],
                 "n": self.n, "means": [r(m) for m in self.means],
-                "cov": round(self.cov, 6), "sd_product": round(self.sd_product, 6)}
+                "cov": round(self.cov, 6), "sd_product": round(self.sd_product, 6),
+                "samples": self.samples, "sd": round(self.sd, 6)}
 
     @classmethod
     def from_json(cls, d: dict) -> Interval:
         return cls(d["low"], d["high"], tuple(d["bootstrap"]), tuple(d["score"]), d["n"],
-                   tuple(d["means"]), d.get("cov", 0.0), d.get("sd_product", 0.0))
+                   tuple(d["means"]), d.get("cov", 0.0), d.get("sd_product", 0.0),
+                   d.get("samples", 0), d.get("sd", 0.0))
 
     def negated(self) -> Interval:
         """The interval of a - b: the old-knowledge loss is minus the old-knowledge change.
         Newcombe's interval is symmetric in this: swapping the two means negates it."""
         b, s = self.bootstrap, self.score
         return Interval(-self.high, -self.low, (-b[1], -b[0]), (-s[1], -s[0]), self.n,
-                        self.means[::-1], self.cov, self.sd_product)
+                        self.means[::-1], self.cov, self.sd_product, self.samples, self.sd)
 
 
 def _round(v: float) -> float:
@@ -90,6 +106,51 @@ def z_value(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) by Lentz's continued fraction (Numerical Recipes 6.4)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
+                     + b * math.log1p(-x)) / a
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2:
+            num = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))
+        else:
+            num = (m * (b - m) * x) / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-12:
+            break
+    return front * (f - 1.0)
+
+
+def t_value(confidence: float, df: int) -> float:
+    """Two-sided Student t quantile (2.045 for 0.95 and 29 degrees of freedom), exact to 1e-9:
+    bisection on the t distribution's tail, P(|T| > t) = I_{df/(df+t^2)}(df/2, 1/2). No scipy."""
+    alpha = 1.0 - confidence
+    z_value(confidence)  # the same check of `confidence`
+    v = float(max(df, 1))
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if _incomplete_beta(v / 2, 0.5, v / (v + mid * mid)) > alpha:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-10:
+            break
+    return (lo + hi) / 2
 
 
 def _as_array(values) -> np.ndarray:
@@ -178,10 +239,33 @@ def newcombe(n: int, mean1: float, mean2: float, cov: float, sd_product: float,
     return max(-1.0, low) * SCALE, min(1.0, high) * SCALE
 
 
+# ---------------------------------------------------------------- sampled scores
+
+
+def t_interval(values: np.ndarray, floor_sd: float, confidence: float,
+               bounds: tuple[float, float]) -> tuple[tuple[float, float], float]:
+    """Student's t interval (points) of the mean of `values` (points), with the spread taken
+    no smaller than floor_sd (fraction); returns the interval and the spread used."""
+    arr = values / SCALE
+    sd = max(float(arr.std(ddof=1)) if arr.size > 1 else 0.0, floor_sd)
+    half = t_value(confidence, arr.size - 1) * sd / math.sqrt(arr.size)
+    m = float(arr.mean())
+    return (max(bounds[0], m - half) * SCALE, min(bounds[1], m + half) * SCALE), sd
+
+
+def resolution_sd(samples: int, n: int) -> float:
+    """The spread (fraction) of one sample's difference on one of n questions: the finest
+    change k samples can show, so the narrowest a sampled difference's interval may claim."""
+    if samples < 1 or n < 1:
+        raise ValueError("a resolution needs samples >= 1 and n >= 1")
+    return 1.0 / (samples * math.sqrt(n))
+
+
 # ---------------------------------------------------------------- what the gate uses
 
 
 def mean_interval(values, confidence: float, resamples: int, seed: int) -> Interval:
+    """Interval of the mean of per-question scores (Wilson's score part errs wide on shares)."""
     arr = _as_array(values)
     boot = bootstrap_mean(arr, confidence, resamples, seed)
     score = score_mean(arr, confidence)
@@ -189,13 +273,22 @@ def mean_interval(values, confidence: float, resamples: int, seed: int) -> Inter
                     (float(arr.mean()),))
 
 
-def paired_difference(parent, candidate, confidence: float, resamples: int, seed: int) -> Interval:
-    """Interval of mean(candidate - parent) over the same questions."""
+def paired_difference(parent, candidate, confidence: float, resamples: int, seed: int,
+                      samples: int = 0) -> Interval:
+    """Interval of mean(candidate - parent) over the same questions; `samples` = k for shares
+    of k sampled answers (both sides drawn with the same seeds)."""
     p, c = _as_array(parent), _as_array(candidate)
+    if p.size != c.size:
+        raise ValueError("paired scores need the same questions on both sides")
     boot = bootstrap_mean(c - p, confidence, resamples, seed)
-    score = score_paired_difference(p, c, confidence)
+    sd = 0.0
+    if samples:
+        score, sd = t_interval(c - p, resolution_sd(samples, p.size), confidence, (-1.0, 1.0))
+    else:
+        score = score_paired_difference(p, c, confidence)
     return Interval(min(boot[0], score[0]), max(boot[1], score[1]), boot, score, p.size,
-                    (float(p.mean()), float(c.mean())), *_moments(p / SCALE, c / SCALE))
+                    (float(p.mean()), float(c.mean())), *_moments(p / SCALE, c / SCALE),
+                    samples=samples, sd=sd)
 
 
 # ---------------------------------------------------------------- exact test
@@ -228,7 +321,10 @@ def project(iv: Interval, n: int, confidence: float) -> tuple[float, float]:
     scaled by sqrt(iv.n / n), as a standard error is.
     """
     est, shrink = iv.estimate, math.sqrt(iv.n / n)
-    if len(iv.means) == 2:
+    if iv.samples:  # Student's t on the same spread
+        half = t_value(confidence, n - 1) * iv.sd / math.sqrt(n) * SCALE
+        score = (max(-SCALE, est - half), min(SCALE, est + half))
+    elif len(iv.means) == 2:
         score = newcombe(n, iv.means[0], iv.means[1], iv.cov, iv.sd_product, confidence)
     else:
         lo, hi = wilson(iv.means[0] / SCALE * n, n, confidence)

@@ -1,0 +1,187 @@
+"""`make bench-gate`: is the gate right, and can it decide? Calibrated on the demo model.
+
+Per training seed s (FIRST_SEED ...), everything as `make demo` does it (train/demo.yaml):
+  v1       batch 1 from the base, training seed s, exported to Q4_K_M
+  default  v2 on batch 2 from that v1 with the shipped increment defaults (what the demo ships)
+  forget   v2 from that v1 with no replay and plain cross-entropy (the forgetting benchmark's
+           plain replay lost about 25 old points at 20% replay; without replay it forgets more):
+           a candidate the gate must FAIL
+and one v1 more (seed FIRST_SEED + seeds), so each v1 has a *null* partner: v1 of the next seed,
+retrained on the same data with another seed (different weights, the same knowledge). The
+gate must not judge a null partner to have lost old knowledge.
+
+Every model answers the questions `make demo` compares on (ollama/questions/demo.yaml plus
+the held-out test rows of batch 2's split) once, from its exported GGUF through loraship's
+llama.cpp backend: one greedy answer and K_MAX answers sampled at the served temperature with
+the seeds compare uses. The gate's statistics (evaluate/stats.py, evaluate/gate.decide) are
+then applied offline to every pair, for the greedy measure and for the sampled one at each
+k in K_LIST (the first k of the K_MAX samples) and each threshold in LOSS_THRESHOLDS
+(benchmarks/gate_calibration.py). Each model's answers are cached in <out>/gate-cells/, so a
+killed run resumes where it stopped.
+
+Writes <out>/gate-calibration.json and gate-calibration.md; --docs also copies the JSON into
+docs/ and replaces the table in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.bench_arms import DEMO_BASE, DEMO_BATCHES
+from benchmarks.bench_forgetting import (
+    _cached,
+    _inputs_sha,
+    _prepare_home,
+    _save,
+    _say,
+    _use_home,
+    write_docs_section,
+)
+from benchmarks.gate_calibration import K_LIST, calibrate, table
+
+FIRST_SEED = 20251101
+K_MAX = max(K_LIST)
+FORGET = {"data.replay_ratio": 0.0, "train.increment_method": "replay"}
+EVAL = f"Q4_K_M via llama.cpp, greedy + {K_MAX} samples at the served temperature"
+
+
+def _questions(home: Path):
+    """The questions `make demo` compares v2 on: the fixed set plus batch 2's held-out rows."""
+    from loraship import paths, pipeline
+    from loraship.data import prepare as data
+    from loraship.evaluate import compare
+    from loraship.store import versions
+
+    _use_home(home)
+    cfg = pipeline.load_config("demo")
+    v2 = versions.get("demo", "v2")
+    qs = compare.load_questions(paths.questions_file(cfg.compare.questions))
+    d = v2.path / paths.DATA_DIR
+    qs += compare.questions_from_rows(data.load_rows(d / "test.jsonl"), "new", "test:v2",
+                                      cfg.compare.max_test_rows, cfg.compare.seed)
+    qs += compare.questions_from_rows(data.load_rows(d / "old_test.jsonl"), "old", "test:ancestors",
+                                      cfg.compare.max_test_rows, cfg.compare.seed)
+    return qs, cfg
+
+
+def _train_export(home: Path, batch: Path, overrides: dict) -> dict:
+    from loraship import pipeline
+    from loraship.store import versions
+
+    _use_home(home)
+    cfg = pipeline.load_config("demo", overrides=overrides)
+    pipeline.stage_data("demo", cfg, [batch.resolve()], warn=lambda s: None)
+    version = pipeline.stage_train("demo", cfg)
+    _, rec = pipeline.stage_export("demo", cfg, version.id)
+    train = versions.get("demo", version.id).stage("train")
+    return {"version": version.id, "gguf": str(version.path / next(iter(rec["ggufs"].values()))),
+            "train_s": train["runtime_s"]}
+
+
+def v1_model(seed: int, work: Path) -> dict:
+    home = work / f"seed{seed}-v1"
+    done = home / "v1.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(home, ignore_errors=True)
+    _prepare_home(home)
+    rec = _train_export(home, DEMO_BATCHES[0], {"train.seed": seed})
+    return _save(done, rec)
+
+
+def v2_model(seed: int, name: str, overrides: dict, work: Path) -> dict:
+    home = work / f"seed{seed}-{name}"
+    done = home / "v2.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(work / f"seed{seed}-v1", home)
+    (home / "v1.json").unlink()
+    rec = _train_export(home, DEMO_BATCHES[1], {"train.seed": seed, **overrides})
+    return _save(done, rec)
+
+
+def answers(model: dict, questions, cfg, cells: Path, key: str) -> dict:
+    """Greedy accuracy and K_MAX sampled accuracies per question, cached by model and inputs."""
+    from loraship.evaluate import compare, sampling, scoring
+    from loraship.evaluate.backends import LlamaCppBackend
+    from loraship.evaluate.candidate import Candidate
+
+    spec = {"model": key, "gguf": Path(model["gguf"]).name, "eval": EVAL, "inputs": _inputs_sha(),
+            "questions": [q.id for q in questions]}
+    path = cells / f"{key}.json"
+    if rec := _cached(path, spec):
+        return rec
+    measure = sampling.choose(_with_samples(cfg.compare, K_MAX), cfg.ollama.temperature)
+    greedy_opts = compare.options_for(cfg.compare)
+    sample_opts = sampling.options(greedy_opts, measure)
+    c = Candidate(key, "v1", gguf_path=Path(model["gguf"]))
+    out: dict = {"spec": spec, "greedy": {}, "samples": {}, "measure": measure.record()}
+    t0 = time.time()
+    with LlamaCppBackend(n_ctx=cfg.ollama.num_ctx or 2048) as backend:
+        for q in questions:
+            msgs = ([{"role": "system", "content": cfg.ollama.system}] if cfg.ollama.system else []) + \
+                   [{"role": "user", "content": q.question}]
+            out["greedy"][q.id] = scoring.accuracy(backend.answer(c, msgs, greedy_opts), q.reference, q.facts)[0]
+            texts = backend.samples(c, msgs, sample_opts, list(measure.seeds))
+            out["samples"][q.id] = [scoring.accuracy(t, q.reference, q.facts)[0] for t in texts]
+    out["answer_s"] = round(time.time() - t0, 1)
+    return _save(path, out)
+
+
+def _with_samples(compare_cfg, k: int):
+    from dataclasses import replace
+
+    return replace(compare_cfg, samples=k)
+
+
+def run(seeds: int, out: Path) -> dict:
+    work, cells = (out / "gate-work").resolve(), (out / "gate-cells").resolve()
+    seed_list = list(range(FIRST_SEED, FIRST_SEED + seeds + 1))  # the last v1 is only a null partner
+    models: dict[str, dict] = {}
+    questions = cfg = None
+    for i, seed in enumerate(seed_list):
+        t0 = time.time()
+        models[f"v1/{seed}"] = v1_model(seed, work)
+        if i < seeds:
+            models[f"default/{seed}"] = v2_model(seed, "default", {}, work)
+            models[f"forget/{seed}"] = v2_model(seed, "forget", FORGET, work)
+        if questions is None:
+            questions, cfg = _questions(work / f"seed{seed_list[0]}-default")
+        _say(f"seed {seed}: trained and exported ({time.time() - t0:.0f} s)")
+        for key in [k for k in models if k.endswith(f"/{seed}")]:
+            t1 = time.time()
+            models[key]["answers"] = answers(models[key], questions, cfg, cells, key.replace("/", "-"))
+            _say(f"  {key}: answered {len(questions)} questions ({time.time() - t1:.0f} s)")
+    sides = {q.id: q.knowledge for q in questions}
+    return calibrate(models, sides, seed_list, cfg.gate)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5, help="training seeds (default 5; one v1 more is trained as "
+                    "the last seed's null partner)")
+    ap.add_argument("--out", type=Path, default=Path("bench-results"))
+    ap.add_argument("--docs", action="store_true", help="copy the JSON into docs/ and update docs/benchmarks.md")
+    args = ap.parse_args()
+    if not (DEMO_BASE / "config.json").exists():
+        sys.exit("the demo base is not built: run `make base-demo` (or `make demo`) first")
+    if args.seeds < 2:
+        sys.exit("--seeds: at least 2 (rates over one seed say nothing)")
+    report = run(args.seeds, args.out)
+    md = table(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _save(args.out / "gate-calibration.json", report)
+    (args.out / "gate-calibration.md").write_text(md + "\n")
+    print(md)
+    if args.docs:
+        write_docs_section("gate-calibration", md, args.out, ("gate-calibration.json",))
+
+
+if __name__ == "__main__":
+    main()

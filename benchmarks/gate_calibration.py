@@ -1,0 +1,128 @@
+"""The gate's error rates on the demo, from cached answers (benchmarks/bench_gate.py).
+
+Every number goes through the gate's own machinery: stats.paired_difference for the interval
+of a pair (with `samples` = k for the sampled measure) and gate.decide for the verdict of a
+check, so what is calibrated here is what `loraship compare` runs.
+
+- null pairs (v1 of seed s, v1 of seed s+1): the false-FAIL rate of the old-knowledge check
+  is the share judged FAIL (lost more than the allowed points). Pairs share a model with
+  their neighbour, so they are not quite independent; the Wilson interval over pairs is
+  stated as it is.
+- forget pairs (v1, v2 without replay): the power, the share the old-knowledge check FAILs
+  (a false PASS is a PASS of one of these).
+- default pairs (v1, v2 with the shipped increment defaults): the whole verdict (the new-gain
+  check at gate.min_new_gain with the old-loss check at each threshold): PASS, FAIL or
+  INCONCLUSIVE, and how wide the old-loss interval was.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from loraship.config import GateConfig
+from loraship.evaluate import stats
+from loraship.evaluate.gate import FAIL, INCONCLUSIVE, PASS, decide, verdict_of
+
+K_LIST = (1, 2, 4, 8)  # sampled measures evaluated (the first k of the cached samples)
+LOSS_THRESHOLDS = (2.0, 5.0, 10.0)  # gate.max_old_loss values evaluated
+
+
+def _scores(answers: dict, k: int, ids: list[str]) -> list[float]:
+    if k == 0:
+        return [float(answers["greedy"][q]) for q in ids]
+    return [float(np.mean(answers["samples"][q][:k])) for q in ids]
+
+
+def _interval(parent: dict, cand: dict, ids: list[str], k: int, gate: GateConfig) -> stats.Interval:
+    return stats.paired_difference(_scores(parent, k, ids), _scores(cand, k, ids), gate.confidence,
+                                   gate.resamples, gate.seed, samples=k)
+
+
+def _rate(hits: int, n: int, confidence: float) -> dict:
+    lo, hi = stats.wilson(hits, n, confidence)
+    return {"hits": hits, "n": n, "rate": round(100 * hits / n, 1), "low": round(100 * lo, 1),
+            "high": round(100 * hi, 1)}
+
+
+def _pairs(models: dict, seeds: list[int]) -> dict[str, list[tuple[str, str]]]:
+    return {"null": [(f"v1/{a}", f"v1/{b}") for a, b in zip(seeds, seeds[1:])],
+            "forget": [(f"v1/{s}", f"forget/{s}") for s in seeds if f"forget/{s}" in models],
+            "default": [(f"v1/{s}", f"default/{s}") for s in seeds if f"default/{s}" in models]}
+
+
+def _measure_rows(models: dict, pairs: dict, ids: dict, k: int, gate: GateConfig) -> list[dict]:
+    """One row per threshold for one measure (k = 0: greedy)."""
+    loss = {kind: [_interval(models[p]["answers"], models[c]["answers"], ids["old"], k, gate).negated()
+                   for p, c in ps] for kind, ps in pairs.items()}
+    gain = [_interval(models[p]["answers"], models[c]["answers"], ids["new"], k, gate) for p, c in pairs["default"]]
+    gains = [decide(g.low, g.high, gate.min_new_gain, True) for g in gain]
+    rows = []
+    for t in LOSS_THRESHOLDS:
+        judged = {kind: [decide(iv.low, iv.high, t, False) for iv in ivs] for kind, ivs in loss.items()}
+        whole = [verdict_of([{"result": g}, {"result": o}]) for g, o in zip(gains, judged["default"])]
+        rows.append({
+            "measure": "greedy" if k == 0 else f"sampled k={k}", "samples": k, "max_old_loss": t,
+            "null_false_fail": _rate(judged["null"].count(FAIL), len(judged["null"]), gate.confidence),
+            "forget_fail": _rate(judged["forget"].count(FAIL), len(judged["forget"]), gate.confidence),
+            "forget_false_pass": _rate(judged["forget"].count(PASS), len(judged["forget"]), gate.confidence),
+            "default_verdicts": {v: whole.count(v) for v in (PASS, FAIL, INCONCLUSIVE)},
+            "default_old_loss": {v: judged["default"].count(v) for v in (PASS, FAIL, INCONCLUSIVE)},
+        })
+    widths = {kind: round(float(np.mean([(iv.high - iv.low) / 2 for iv in ivs])), 1) for kind, ivs in loss.items()}
+    estimates = {kind: [round(iv.estimate, 1) for iv in ivs] for kind, ivs in loss.items()}
+    for row in rows:
+        row["old_loss_half_width"] = widths
+        row["old_loss_estimates"] = estimates
+        row["default_new_gain"] = [[round(g.estimate, 1), round(g.low, 1), round(g.high, 1)] for g in gain]
+    return rows
+
+
+def _levels(models: dict, ids: dict, k_max: int) -> dict[str, Any]:
+    """Mean old / new accuracy per kind of model, greedy and sampled at k_max."""
+    out: dict[str, Any] = {}
+    for kind in ("v1", "default", "forget"):
+        keys = [m for m in models if m.startswith(kind + "/")]
+        if not keys:
+            continue
+        out[kind] = {f"{side}_{name}": round(float(np.mean([np.mean(_scores(models[m]["answers"], k, ids[side]))
+                                                            for m in keys])), 1)
+                     for side in ("old", "new") for name, k in (("greedy", 0), ("sampled", k_max))}
+        out[kind]["models"] = len(keys)
+        out[kind]["train_s"] = round(float(np.mean([models[m]["train_s"] for m in keys])), 1)
+        out[kind]["answer_s"] = round(float(np.mean([models[m]["answers"]["answer_s"] for m in keys])), 1)
+    return out
+
+
+def calibrate(models: dict, sides: dict[str, str], seeds: list[int], gate: GateConfig) -> dict:
+    ids = {side: [q for q, s in sides.items() if s == side] for side in ("old", "new")}
+    pairs = _pairs(models, seeds)
+    rows = [r for k in (0, *K_LIST) for r in _measure_rows(models, pairs, ids, k, gate)]
+    return {"seeds": seeds, "questions": {side: len(v) for side, v in ids.items()},
+            "pairs": {kind: len(v) for kind, v in pairs.items()}, "gate": {
+                "confidence": gate.confidence, "min_new_gain": gate.min_new_gain, "resamples": gate.resamples},
+            "levels": _levels(models, ids, max(K_LIST)), "rows": rows,
+            "models": {k: {kk: vv for kk, vv in m.items() if kk != "answers"} for k, m in models.items()}}
+
+
+def _r(rate: dict) -> str:
+    return f"{rate['hits']}/{rate['n']} ({rate['rate']:.0f}% [{rate['low']:.0f}, {rate['high']:.0f}])"
+
+
+def table(report: dict) -> str:
+    head = ("| measure | max_old_loss | null judged FAIL (false-FAIL) | forget judged FAIL (power) | forget PASS "
+            "(false-PASS) | default v2 verdict P/F/I | old-loss half-width: null / forget / default |")
+    lines = [head, "|---|---:|---|---|---|---|---|"]
+    for r in report["rows"]:
+        d, w = r["default_verdicts"], r["old_loss_half_width"]
+        lines.append(f"| {r['measure']} | {r['max_old_loss']:g} | {_r(r['null_false_fail'])} | "
+                     f"{_r(r['forget_fail'])} | {_r(r['forget_false_pass'])} | "
+                     f"{d[PASS]}/{d[FAIL]}/{d[INCONCLUSIVE]} | {w['null']} / {w['forget']} / {w['default']} |")
+    lv = report["levels"]
+    lines += ["", "| models | count | old greedy | old sampled | new greedy | new sampled | train s | answer s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind, v in lv.items():
+        lines.append(f"| {kind} | {v['models']} | {v['old_greedy']} | {v['old_sampled']} | {v['new_greedy']} | "
+                     f"{v['new_sampled']} | {v['train_s']} | {v['answer_s']} |")
+    return "\n".join(lines)
