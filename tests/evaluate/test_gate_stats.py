@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from loraship.config import GateConfig
-from loraship.evaluate import gate, scoring, stats
+from loraship.evaluate import gate, sampling, scoring, stats
 from loraship.evaluate.candidate import Candidate
 
 
@@ -279,3 +279,40 @@ def test_every_printed_estimate_lies_inside_its_printed_interval_with_one_sign(n
         assert low <= point <= high, c["reason"]
         assert abs(point - c["value"]) < 0.051 and [low, high] == pytest.approx(c["interval"], abs=0.051), c
 
+
+
+SAMPLED = sampling.Measure(sampling.SAMPLED, 8, 0.7, tuple(range(8, 16)), "compare.samples 8")
+
+
+@pytest.mark.parametrize("shift", [-30.0, -5.0, 0.0, 12.5])
+def test_sampled_estimates_lie_inside_their_printed_intervals_in_reasons_and_tag_lines(shift):
+    """The same for the sampled measure: the check's reason and the terminal's tag line state
+    the gain and loss of the shares the gate judged, inside their own intervals."""
+    import re
+
+    from loraship.evaluate import report_gate
+
+    rng = np.random.default_rng(int(shift) + 100)
+    cands = [Candidate("demo:v1", "v1"), Candidate("demo:v2", "v2", "v1")]
+    scored: dict[str, list] = {"demo:v1": [], "demo:v2": []}
+    for side, n in (("new", 30), ("old", 40)):
+        parent = rng.integers(0, 9, n) * 12.5
+        moved = np.clip(parent + (shift if side == "old" else 50.0) + rng.choice([-12.5, 0, 12.5], n), 0, 100)
+        for i in range(n):
+            for tag, share in (("demo:v1", parent[i]), ("demo:v2", moved[i])):
+                scored[tag].append((Q(f"{side}{i}", side), {"accuracy": 100.0 * (share > 50), "sampled": float(share),
+                                                             "detail": 50.0, "relevance": 10.0, "grounding": None}))
+    per_tag = {tag: scoring.aggregate(rows) for tag, rows in scored.items()}
+    gate.add_parent_deltas(cands, per_tag, scored, GateConfig(), SAMPLED)
+    report = {"aggregates": per_tag, "gate": gate.judge(cands, per_tag, GateConfig(), SAMPLED)}
+    for name in ("new_gain", "old_loss"):
+        c = check(report, name)
+        assert "sampled accuracy" in c["reason"]
+        point = float(re.search(rf"({_NUMBER}) points", c["reason"]).group(1))
+        low, high = (float(x) for x in re.search(rf"interval ({_NUMBER}) to ({_NUMBER})", c["reason"]).groups())
+        assert low <= point <= high, c["reason"]
+    line = report_gate.summary_lines(report)[1]
+    for word in ("gain", "loss"):
+        point, low, high = (float(x) for x in re.search(rf"{word} ({_NUMBER}) \[({_NUMBER}), ({_NUMBER})\]",
+                                                          line).groups())
+        assert low <= point <= high, line

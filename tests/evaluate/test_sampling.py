@@ -173,3 +173,24 @@ def test_greedy_only_compare_is_what_it_was():
     assert report["measure"]["name"] == "greedy"
     assert "sampled" not in report["aggregates"]["m:v2"] and "samples" not in report["answers"][0]
     assert report["aggregates"]["m:v2"]["new_gain"] == 100.0
+
+
+def test_models_in_this_process_are_asked_question_by_question_across_candidates():
+    """In process every model has its own lock and share of the cores: workers that took one
+    candidate's jobs in turn would queue on one lock. A server gets them candidate by candidate."""
+    from loraship.evaluate.compare import _ask_all
+
+    calls = []
+
+    class Recorder(TableBackend):
+        def answer(self, c, messages, options):
+            calls.append(c.tag)
+            return "x"
+
+    qs = [Question(f"q{i}", f"q {i}?", None, ["x"], None, "new") for i in range(2)]
+    cands = [Candidate("m:v1", "v1"), Candidate("m:v2", "v2", "v1")]
+    _ask_all(cands, qs, Recorder({}), {"temperature": 0}, None, 1, None, interleave=True)
+    assert calls == ["m:v1", "m:v2", "m:v1", "m:v2"]
+    calls.clear()
+    _ask_all(cands, qs, Recorder({}), {"temperature": 0}, None, 1, None)
+    assert calls == ["m:v1", "m:v1", "m:v2", "m:v2"]

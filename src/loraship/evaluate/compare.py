@@ -292,29 +292,34 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return fn(), time.monotonic() - start
 
 
-def _ask_all(candidates, questions, backend, options, system, n_workers, progress, measure=None):
+def _ask_all(candidates, questions, backend, options, system, n_workers, progress, measure=None,
+             interleave=False):
     """Every answer: greedy ones keyed (tag, question id) -> (text, seconds); sampled ones
     (tag, question id, "samples") -> (texts, seconds) from a backend that decodes a question's
     k samples together, else (tag, question id, i) -> (text, seconds), one request per seed.
 
     Jobs are submitted candidate by candidate so a server swaps models as rarely as
-    possible; results are keyed, so completion order never changes the report.
+    possible, or with `interleave` question by question across the candidates (models in
+    this process, each with its own lock and share of the cores: workers taking one
+    candidate's jobs in turn would wait on one lock while the other models idle). Results
+    are keyed, so completion order never changes the report.
     """
     jobs: dict[tuple, Callable[[], tuple[Any, float]]] = {}
     sample_opts = sampling.options(options, measure) if measure and measure.samples else None
-    for c in candidates:
-        for q in questions:
-            msgs = _messages(q, system)
-            jobs[(c.tag, q.id)] = lambda c=c, m=msgs: _timed(lambda: backend.answer(c, m, dict(options)) or "")
-            if sample_opts is None:
-                continue
-            if getattr(backend, "batches_samples", False):
-                jobs[(c.tag, q.id, "samples")] = lambda c=c, m=msgs: _timed(
-                    lambda: backend.samples(c, m, dict(sample_opts), list(measure.seeds)))
-            else:
-                for i, seed in enumerate(measure.seeds):
-                    jobs[(c.tag, q.id, i)] = lambda c=c, m=msgs, seed=seed: _timed(
-                        lambda: backend.answer(c, m, {**sample_opts, "seed": seed}) or "")
+    pairs = ([(c, q) for q in questions for c in candidates] if interleave
+             else [(c, q) for c in candidates for q in questions])
+    for c, q in pairs:
+        msgs = _messages(q, system)
+        jobs[(c.tag, q.id)] = lambda c=c, m=msgs: _timed(lambda: backend.answer(c, m, dict(options)) or "")
+        if sample_opts is None:
+            continue
+        if getattr(backend, "batches_samples", False):
+            jobs[(c.tag, q.id, "samples")] = lambda c=c, m=msgs: _timed(
+                lambda: backend.samples(c, m, dict(sample_opts), list(measure.seeds)))
+        else:
+            for i, seed in enumerate(measure.seeds):
+                jobs[(c.tag, q.id, i)] = lambda c=c, m=msgs, seed=seed: _timed(
+                    lambda: backend.answer(c, m, {**sample_opts, "seed": seed}) or "")
     return concurrency.run_keyed(jobs, n_workers, progress)
 
 
@@ -359,7 +364,8 @@ def run_compare(
     extra = len(retrieval_plan.arms) * len(questions) if retrieval_plan else 0
     arm_digests = arms.served(retrieval_plan) if retrieval_plan else {}
     one_bar = (lambda d, t: progress(d, plain + extra)) if progress else None
-    raw = _ask_all(candidates, questions, backend, options, system, workers.workers, one_bar, measure)
+    interleave = workers.workers > 1 and bool(workers.server.get("split_cores"))
+    raw = _ask_all(candidates, questions, backend, options, system, workers.workers, one_bar, measure, interleave)
     index = scoring.RelevanceIndex(domain_corpus)
     answers, per_tag, scored_by_tag = [], {}, {}
     for c in candidates:
