@@ -194,3 +194,25 @@ def test_models_in_this_process_are_asked_question_by_question_across_candidates
     calls.clear()
     _ask_all(cands, qs, Recorder({}), {"temperature": 0}, None, 1, None)
     assert calls == ["m:v1", "m:v1", "m:v2", "m:v2"]
+
+
+def test_ollama_gets_a_questions_k_seeds_at_once_for_one_model():
+    """All k requests in flight together (a barrier that opens only for all of them): the runner
+    batches them where it has parallel slots and queues them where not; answers keep seed order."""
+    import threading
+
+    from loraship.evaluate.backends import OllamaBackend
+
+    barrier, seen = threading.Barrier(4, timeout=20), []
+
+    class Client:
+        def chat(self, model, messages, options, stream):
+            seen.append((model, options["seed"], options["temperature"]))
+            barrier.wait()
+            return {"message": {"content": f"seed {options['seed']}"}}
+
+    backend = OllamaBackend("http://127.0.0.1:9", client=Client())
+    texts = backend.samples(Candidate("m:v1", "v1"), [{"role": "user", "content": "q"}],
+                            {"temperature": 0.7, "num_predict": 8}, [8, 9, 10, 11])
+    assert texts == ["seed 8", "seed 9", "seed 10", "seed 11"]
+    assert sorted(seen) == [("m:v1", s, 0.7) for s in (8, 9, 10, 11)]

@@ -8,10 +8,10 @@ it applies the GGUF's own chat template, so it measures the weights, not the Mod
 Options are Ollama's names ({"temperature", "seed", "num_ctx", "num_predict", "top_k",
 "top_p", "min_p"}); the llama.cpp backend translates them.
 
-Sampled answers (compare.samples): a backend with `batches_samples` answers all k seeds of one
-question in one call (`samples`: llama.cpp decodes them together, evaluate/llama_batch.py);
-for the others compare asks once per seed (`answer` with options.seed), as many at once as
-the server takes (evaluate/concurrency.py).
+Sampled answers (compare.samples): `samples` answers all k seeds of one question in one call:
+llama.cpp decodes them together in one context (evaluate/llama_batch.py); Ollama gets the k
+requests at once for that one model (concurrency.fan_out: parallel sequences of its runner
+where it has the slots, queued where not), one seed (options.seed) each.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ _DEFAULT_PREFIXES = ("registry.ollama.ai/library/", "registry.ollama.ai/")
 
 class Backend(Protocol):
     name: str
-    batches_samples: bool
 
     def served_digest(self, c: Candidate) -> str | None: ...
 
@@ -49,7 +48,6 @@ def normalize_tag(name: str) -> str:
 
 class OllamaBackend:
     name = "ollama"
-    batches_samples = False  # one request per seed; the server runs them in parallel if it can
 
     def __init__(self, host: str | None = None, timeout: float = 600.0, client: Any = None):
         self.host = ollama_client.resolve_host(host)
@@ -93,6 +91,10 @@ class OllamaBackend:
         message = _get(resp, "message")
         return (_get(message, "content") or "") if message is not None else ""
 
+    def samples(self, c: Candidate, messages: list[dict], options: dict, seeds: list[int]) -> list[str]:
+        """One request per seed, all at once to this one model (concurrency.fan_out)."""
+        return concurrency.fan_out(lambda seed: self.answer(c, messages, {**options, "seed": seed}), seeds)
+
 
 def _get(obj: Any, key: str) -> Any:
     """The client returns pydantic models that also support item access; accept dicts too."""
@@ -113,7 +115,6 @@ class LlamaCppBackend:
     """
 
     name = "llama.cpp"
-    batches_samples = True
 
     def __init__(self, n_ctx: int = 2048, n_threads: int | None = None):
         self.n_ctx = n_ctx

@@ -294,9 +294,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def _ask_all(candidates, questions, backend, options, system, n_workers, progress, measure=None,
              interleave=False):
-    """Every answer: greedy ones keyed (tag, question id) -> (text, seconds); sampled ones
-    (tag, question id, "samples") -> (texts, seconds) from a backend that decodes a question's
-    k samples together, else (tag, question id, i) -> (text, seconds), one request per seed.
+    """Every answer: greedy ones keyed (tag, question id) -> (text, seconds), a question's k
+    sampled ones (tag, question id, "samples") -> (texts, seconds), asked in one call
+    (`_samples`).
 
     Jobs are submitted candidate by candidate so a server swaps models as rarely as
     possible, or with `interleave` question by question across the candidates (models in
@@ -311,25 +311,19 @@ def _ask_all(candidates, questions, backend, options, system, n_workers, progres
     for c, q in pairs:
         msgs = _messages(q, system)
         jobs[(c.tag, q.id)] = lambda c=c, m=msgs: _timed(lambda: backend.answer(c, m, dict(options)) or "")
-        if sample_opts is None:
-            continue
-        if getattr(backend, "batches_samples", False):
+        if sample_opts is not None:
             jobs[(c.tag, q.id, "samples")] = lambda c=c, m=msgs: _timed(
-                lambda: backend.samples(c, m, dict(sample_opts), list(measure.seeds)))
-        else:
-            for i, seed in enumerate(measure.seeds):
-                jobs[(c.tag, q.id, i)] = lambda c=c, m=msgs, seed=seed: _timed(
-                    lambda: backend.answer(c, m, {**sample_opts, "seed": seed}) or "")
+                lambda: _samples(backend, c, m, sample_opts, list(measure.seeds)))
     return concurrency.run_keyed(jobs, n_workers, progress)
 
 
-def _samples_of(raw: dict, tag: str, qid: str, k: int) -> tuple[list[str], float]:
-    """A question's k sampled texts and the seconds spent on them, however they were asked."""
-    if (tag, qid, "samples") in raw:
-        texts, seconds = raw[(tag, qid, "samples")]
-        return [t or "" for t in texts], seconds
-    parts = [raw[(tag, qid, i)] for i in range(k)]
-    return [t for t, _ in parts], sum(sec for _, sec in parts)
+def _samples(backend: Backend, c: Candidate, msgs: list[dict], options: dict, seeds: list[int]) -> list[str]:
+    """k answers, one per seed, through the backend's `samples` (batched or fanned out), or
+    for a backend without one, its `answer` once per seed, all at once (concurrency.fan_out)."""
+    ask = getattr(backend, "samples", None)
+    texts = (ask(c, msgs, dict(options), seeds) if ask else
+             concurrency.fan_out(lambda seed: backend.answer(c, msgs, {**options, "seed": seed}), seeds))
+    return [t or "" for t in texts]
 
 
 def run_compare(
@@ -358,9 +352,8 @@ def run_compare(
     workers = concurrency.for_backend(cfg.concurrency, cfg.num_thread, backend, candidates)
     if workers.num_thread:
         options["num_thread"] = workers.num_thread
-    # One progress bar over every request: greedy answers, sample jobs, retrieval arms.
-    sample_jobs = (1 if getattr(backend, "batches_samples", False) else measure.samples) if measure.samples else 0
-    plain = len(candidates) * len(questions) * (1 + sample_jobs)
+    # One progress bar over every job: greedy answers, a question's samples, retrieval arms.
+    plain = len(candidates) * len(questions) * (2 if measure.samples else 1)
     extra = len(retrieval_plan.arms) * len(questions) if retrieval_plan else 0
     arm_digests = arms.served(retrieval_plan) if retrieval_plan else {}
     one_bar = (lambda d, t: progress(d, plain + extra)) if progress else None
@@ -375,7 +368,7 @@ def run_compare(
             s = scoring.score_answer(text, q, index)
             record = {"tag": c.tag, "question_id": q.id, "answer": text, "seconds": round(seconds, 3), "scores": s}
             if measure.samples:
-                texts, sample_seconds = _samples_of(raw, c.tag, q.id, measure.samples)
+                texts, sample_seconds = raw[(c.tag, q.id, "samples")]
                 s.update(sampling.score(texts, q))
                 record.update(samples=texts, samples_seconds=round(sample_seconds, 3))
             scored.append((q, s))

@@ -153,3 +153,14 @@ def run_keyed(jobs: dict[K, Callable[[], T]], workers: int,
                 f.cancel()
             raise
     return results
+
+
+def fan_out(fn: Callable[[T], Any], items: list[T]) -> list[Any]:
+    """fn over every item at once (one thread each), results in the items' order: for k sampled
+    answers of one question to one model. A server runs them as parallel sequences of one
+    runner where it has the slots (OLLAMA_NUM_PARALLEL) and queues them where it does not,
+    so this is never slower than asking one at a time, and it never loads a second model."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(fn, items))
