@@ -2,9 +2,10 @@
 
 Per-question scores of the comparison's measure (sampling.py: the share of k sampled
 answers that are right, or the greedy answer's accuracy) are paired between the candidate
-and its parent (same questions, same prompts, same seeds), and every aggregate gets an interval at `gate.confidence` (stats.py:
-paired bootstrap over questions, widened to a score interval where that is wider). Each
-check then has three outcomes, decided on the numbers the report shows (2 decimals):
+and its parent (same questions, same prompts, same seeds), and every aggregate gets an
+interval at `gate.confidence` (stats.py: paired bootstrap over questions, widened to a
+score interval where that is wider). Each check then has three outcomes, decided on the
+numbers the report shows (2 decimals):
 
 - PASS when the whole interval clears the threshold (lower bound of the new-knowledge
   gain >= min_new_gain; upper bound of the old-knowledge loss <= max_old_loss; lower
