@@ -13,6 +13,12 @@ check, so what is calibrated here is what `loraship compare` runs.
 - default pairs (v1, v2 with the shipped increment defaults): the whole verdict (the new-gain
   check at gate.min_new_gain with the old-loss check at each threshold): PASS, FAIL or
   INCONCLUSIVE, and how wide the old-loss interval was.
+- retrain (one version on both batches from the base) against the incremental default v2 of
+  the same seed: old and new accuracy, incremental minus retrain, per question averaged over
+  the seeds (each seed a sample, as in forgetting_stats), with the gate's paired interval;
+  and the increment's training time, optimizer steps and tokens as a share of the retrain's.
+  The goal (the issue): within RETRAIN_MARGIN points on both at no more than
+  RETRAIN_TIME_SHARE of its training time.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from loraship.evaluate.gate import FAIL, INCONCLUSIVE, PASS, decide, verdict_of
 
 K_LIST = (1, 2, 4, 8)  # sampled measures evaluated (the first k of the cached samples)
 LOSS_THRESHOLDS = (2.0, 5.0, 10.0)  # gate.max_old_loss values evaluated
+RETRAIN_MARGIN, RETRAIN_TIME_SHARE = 5.0, 0.6
 
 
 def _scores(answers: dict, k: int, ids: list[str]) -> list[float]:
@@ -82,7 +89,7 @@ def _measure_rows(models: dict, pairs: dict, ids: dict, k: int, gate: GateConfig
 def _levels(models: dict, ids: dict, k_max: int) -> dict[str, Any]:
     """Mean old / new accuracy per kind of model, greedy and sampled at k_max."""
     out: dict[str, Any] = {}
-    for kind in ("v1", "default", "forget"):
+    for kind in ("v1", "default", "forget", "retrain"):
         keys = [m for m in models if m.startswith(kind + "/")]
         if not keys:
             continue
@@ -95,6 +102,37 @@ def _levels(models: dict, ids: dict, k_max: int) -> dict[str, Any]:
     return out
 
 
+def _mean(models: dict, keys: list[str], field: str) -> float:
+    return float(np.mean([models[m][field] for m in keys]))
+
+
+def retrain_comparison(models: dict, ids: dict, seeds: list[int], gate: GateConfig) -> dict | None:
+    """The incremental default v2 against a retrain on both batches, seed by seed (see above)."""
+    seeds = [s for s in seeds if f"retrain/{s}" in models and f"default/{s}" in models]
+    if not seeds:
+        return None
+    ret, inc = [f"retrain/{s}" for s in seeds], [f"default/{s}" for s in seeds]
+    out: dict[str, Any] = {"seeds": len(seeds)}
+    for name, k in (("greedy", 0), ("sampled", max(K_LIST))):
+        draws = (k or 1) * len(seeds)
+        for side in ("old", "new"):
+            a, b = (np.mean([_scores(models[m]["answers"], k, ids[side]) for m in arm], axis=0) for arm in (ret, inc))
+            iv = stats.paired_difference(a, b, gate.confidence, gate.resamples, gate.seed,
+                                         samples=draws if draws > 1 else 0)
+            out[f"{name}_{side}"] = {"retrain": round(float(a.mean()), 1), "incremental": round(float(b.mean()), 1),
+                                     "difference": [round(iv.estimate, 1), round(iv.low, 1), round(iv.high, 1)]}
+    for field in ("train_s", "steps", "train_tokens"):
+        if all(models[m].get(field) for m in ret + inc):
+            out[f"{field}_retrain"] = round(_mean(models, ret, field), 1)
+            out[f"{field}_incremental"] = round(_mean(models, inc, field), 1)
+            out[f"{field}_share"] = round(_mean(models, inc, field) / _mean(models, ret, field), 3)
+    sampled = [out["sampled_old"]["difference"], out["sampled_new"]["difference"]]
+    share = out.get("train_s_share")
+    out["goal_met"] = all(d[0] >= -RETRAIN_MARGIN for d in sampled) and share is not None and share <= RETRAIN_TIME_SHARE
+    out["goal_met_at_lower_bound"] = out["goal_met"] and all(d[1] >= -RETRAIN_MARGIN for d in sampled)
+    return out
+
+
 def calibrate(models: dict, sides: dict[str, str], seeds: list[int], gate: GateConfig) -> dict:
     ids = {side: [q for q, s in sides.items() if s == side] for side in ("old", "new")}
     pairs = _pairs(models, seeds)
@@ -103,6 +141,7 @@ def calibrate(models: dict, sides: dict[str, str], seeds: list[int], gate: GateC
             "pairs": {kind: len(v) for kind, v in pairs.items()}, "gate": {
                 "confidence": gate.confidence, "min_new_gain": gate.min_new_gain, "resamples": gate.resamples},
             "levels": _levels(models, ids, max(K_LIST)), "rows": rows,
+            "retrain": retrain_comparison(models, ids, seeds, gate),
             "models": {k: {kk: vv for kk, vv in m.items() if kk != "answers"} for k, m in models.items()}}
 
 
@@ -125,4 +164,15 @@ def table(report: dict) -> str:
     for kind, v in lv.items():
         lines.append(f"| {kind} | {v['models']} | {v['old_greedy']} | {v['old_sampled']} | {v['new_greedy']} | "
                      f"{v['new_sampled']} | {v['train_s']} | {v['answer_s']} |")
+    if rt := report.get("retrain"):
+        lines += ["", f"| incremental v2 vs retrain on both batches ({rt['seeds']} seeds) | retrain | incremental | "
+                  "incremental - retrain [interval] |", "|---|---:|---:|---|"]
+        for key in ("sampled_old", "sampled_new", "greedy_old", "greedy_new"):
+            d = rt[key]["difference"]
+            lines.append(f"| {key.replace('_', ' ')} facts | {rt[key]['retrain']} | {rt[key]['incremental']} | "
+                         f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}] |")
+        for field, label in (("train_s", "training s"), ("steps", "optimizer steps"), ("train_tokens", "tokens")):
+            if f"{field}_share" in rt:
+                lines.append(f"| {label} | {rt[f'{field}_retrain']:g} | {rt[f'{field}_incremental']:g} | "
+                             f"{rt[f'{field}_share']:.2f}x |")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ forgot must, and the sampled measure narrows what the greedy one cannot."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from benchmarks.gate_calibration import calibrate, table
 
 from loraship.config import GateConfig
@@ -23,7 +24,7 @@ def _model(rng, p_old: np.ndarray, p_new: np.ndarray, k: int = 8) -> dict:
 
 
 def _models() -> dict:
-    rng = np.random.default_rng(5)
+    rng, own = np.random.default_rng(5), np.random.default_rng(6)  # the retrain arm draws from its own stream
     knows = rng.beta(0.7, 0.7, len(OLD))
     models = {}
     for s in [*SEEDS, 5]:
@@ -32,6 +33,8 @@ def _models() -> dict:
         if s in SEEDS:
             models[f"default/{s}"] = _model(rng, jitter, np.full(len(NEW), 0.8))
             models[f"forget/{s}"] = _model(rng, jitter * 0.4, np.full(len(NEW), 0.9))
+            models[f"retrain/{s}"] = _model(own, jitter, np.full(len(NEW), 0.85))
+            models[f"retrain/{s}"]["train_s"] = 3.0
     return models
 
 
@@ -50,5 +53,12 @@ def test_calibration_counts_false_fails_power_and_verdicts_through_the_gates_own
     assert widths == sorted(widths, reverse=True) and widths[-1] < widths[0] / 2  # samples narrow it
     assert rows[("sampled k=8", 10.0)]["default_verdicts"]["FAIL"] == 0
     assert report["levels"]["forget"]["old_sampled"] < report["levels"]["v1"]["old_sampled"]
+    rt = report["retrain"]
+    assert rt["seeds"] == 4 and rt["train_s_share"] == pytest.approx(1 / 3, abs=1e-3)
+    old, new = rt["sampled_old"]["difference"], rt["sampled_new"]["difference"]
+    assert old[1] <= old[0] <= old[2] and abs(old[0]) < 5  # the same old knowledge
+    assert new[0] == pytest.approx(rt["sampled_new"]["incremental"] - rt["sampled_new"]["retrain"], abs=0.11)
+    assert new[0] < 0 and rt["goal_met"]  # a little less new knowledge, a third of the time
     md = table(report)
     assert md.count("\n| sampled k=8 |") == 3 and "| forget | 4 |" in md
+    assert "| training s | 3 | 1 | 0.33x |" in md
