@@ -40,7 +40,7 @@ def _models() -> dict:
 
 def test_calibration_counts_false_fails_power_and_verdicts_through_the_gates_own_rules():
     report = calibrate(_models(), SIDES, [*SEEDS, 5], GateConfig(resamples=1000))
-    assert report["pairs"] == {"null": 4, "forget": 4, "default": 4}
+    assert report["pairs"] == {"null": 4, "null_all": 20, "forget": 4, "default": 4}
     rows = {(r["measure"], r["max_old_loss"]): r for r in report["rows"]}
     assert set(rows) == {(m, t) for m in ("greedy", "sampled k=1", "sampled k=2", "sampled k=4", "sampled k=8")
                          for t in (2.0, 5.0, 10.0)}
