@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -50,7 +51,7 @@ from benchmarks.gate_calibration import K_LIST, calibrate, table
 
 FIRST_SEED = 20251101
 K_MAX = max(K_LIST)
-FORGET = {"data.replay_ratio": 0.0, "train.increment_method": "replay"}
+FORGET = {"data.replay_ratio": 0.0, "data.allow_replay_ratio_outside_range": True, "train.increment_method": "replay"}
 EVAL = f"Q4_K_M via llama.cpp, greedy + {K_MAX} samples at the served temperature"
 
 
@@ -139,7 +140,7 @@ def answers(model: dict, questions, cfg, cells: Path, key: str) -> dict:
     c = Candidate(key, "v1", gguf_path=Path(model["gguf"]))
     out: dict = {"spec": spec, "greedy": {}, "samples": {}, "measure": measure.record()}
     t0 = time.time()
-    with LlamaCppBackend(n_ctx=cfg.ollama.num_ctx or 2048) as backend:
+    with LlamaCppBackend(n_ctx=cfg.ollama.num_ctx or 2048, n_threads=os.cpu_count()) as backend:
         for q in questions:
             msgs = ([{"role": "system", "content": cfg.ollama.system}] if cfg.ollama.system else []) + \
                    [{"role": "user", "content": q.question}]
@@ -156,7 +157,7 @@ def _with_samples(compare_cfg, k: int):
     return replace(compare_cfg, samples=k)
 
 
-def run(seeds: int, out: Path, retrain: bool) -> dict:
+def run(seeds: int, out: Path, retrain_seeds: int) -> dict:
     work, cells = (out / "gate-work").resolve(), (out / "gate-cells").resolve()
     seed_list = list(range(FIRST_SEED, FIRST_SEED + seeds + 1))  # the last v1 is only a null partner
     models: dict[str, dict] = {}
@@ -167,25 +168,30 @@ def run(seeds: int, out: Path, retrain: bool) -> dict:
         if i < seeds:
             models[f"default/{seed}"] = v2_model(seed, "default", {}, work)
             models[f"forget/{seed}"] = v2_model(seed, "forget", FORGET, work)
-            if retrain:
-                models[f"retrain/{seed}"] = retrain_model(seed, work)
         if questions is None:
             questions, cfg = _questions(work / f"seed{seed_list[0]}-default")
         _say(f"seed {seed}: trained and exported ({time.time() - t0:.0f} s)")
-        for key in [k for k in models if k.endswith(f"/{seed}")]:
-            t1 = time.time()
-            models[key]["answers"] = answers(models[key], questions, cfg, cells, key.replace("/", "-"))
-            _say(f"  {key}: answered {len(questions)} questions ({time.time() - t1:.0f} s)")
+        _answer_all(models, seed, questions, cfg, cells)
+    for seed in seed_list[:min(retrain_seeds, seeds)]:  # after the calibration's models: the arm comes second
+        models[f"retrain/{seed}"] = retrain_model(seed, work)
+        _answer_all(models, seed, questions, cfg, cells)
     sides = {q.id: q.knowledge for q in questions}
     return calibrate(models, sides, seed_list, cfg.gate)
+
+
+def _answer_all(models: dict, seed: int, questions, cfg, cells: Path) -> None:
+    for key in [k for k in models if k.endswith(f"/{seed}") and "answers" not in models[k]]:
+        t1 = time.time()
+        models[key]["answers"] = answers(models[key], questions, cfg, cells, key.replace("/", "-"))
+        _say(f"  {key}: answered {len(questions)} questions ({time.time() - t1:.0f} s)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5, help="training seeds (default 5; one v1 more is trained as "
                     "the last seed's null partner)")
-    ap.add_argument("--no-retrain", action="store_true", help="leave out the retrain arm (one version on both "
-                    "batches per seed)")
+    ap.add_argument("--retrain-seeds", type=int, default=3, help="seeds that also get the retrain arm (one version "
+                    "on both batches), trained after every calibration model (default 3; 0 leaves it out)")
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--docs", action="store_true", help="copy the JSON into docs/ and update docs/benchmarks.md")
     args = ap.parse_args()
@@ -193,7 +199,7 @@ def main() -> None:
         sys.exit("the demo base is not built: run `make base-demo` (or `make demo`) first")
     if args.seeds < 2:
         sys.exit("--seeds: at least 2 (rates over one seed say nothing)")
-    report = run(args.seeds, args.out, not args.no_retrain)
+    report = run(args.seeds, args.out, args.retrain_seeds)
     md = table(report)
     args.out.mkdir(parents=True, exist_ok=True)
     _save(args.out / "gate-calibration.json", report)
