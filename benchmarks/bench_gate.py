@@ -65,7 +65,8 @@ def _questions(home: Path):
     _use_home(home)
     cfg = pipeline.load_config("demo")
     v2 = versions.get("demo", "v2")
-    qs = compare.load_questions(paths.questions_file(cfg.compare.questions))
+    # the repository's question set (LORASHIP_PROJECT points at this bench's scratch home)
+    qs = compare.load_questions(Path("ollama/questions").resolve() / f"{cfg.compare.questions}.yaml")
     d = v2.path / paths.DATA_DIR
     qs += compare.questions_from_rows(data.load_rows(d / "test.jsonl"), "new", "test:v2",
                                       cfg.compare.max_test_rows, cfg.compare.seed)

@@ -72,6 +72,9 @@ def _measure_rows(models: dict, pairs: dict, ids: dict, k: int, gate: GateConfig
     for t in LOSS_THRESHOLDS:
         judged = {kind: [decide(iv.low, iv.high, t, False) for iv in ivs] for kind, ivs in loss.items()}
         whole = [verdict_of([{"result": g}, {"result": o}]) for g, o in zip(gains, judged["default"])]
+        # what it would take: old questions that would decide each undecided default pair (the gate's estimate)
+        need = [stats.questions_to_decide(iv, t, False, gate.confidence)
+                for iv, v in zip(loss["default"], judged["default"]) if v == INCONCLUSIVE]
         rows.append({
             "measure": "greedy" if k == 0 else f"sampled k={k}", "samples": k, "max_old_loss": t,
             "null_false_fail": _rate(judged["null"].count(FAIL), len(judged["null"]), gate.confidence),
@@ -80,6 +83,7 @@ def _measure_rows(models: dict, pairs: dict, ids: dict, k: int, gate: GateConfig
             "forget_false_pass": _rate(judged["forget"].count(PASS), len(judged["forget"]), gate.confidence),
             "default_verdicts": {v: whole.count(v) for v in (PASS, FAIL, INCONCLUSIVE)},
             "default_old_loss": {v: judged["default"].count(v) for v in (PASS, FAIL, INCONCLUSIVE)},
+            "default_undecided_questions_to_decide": need,
         })
     widths = {kind: round(float(np.mean([(iv.high - iv.low) / 2 for iv in ivs])), 1) for kind, ivs in loss.items()}
     estimates = {kind: [round(iv.estimate, 1) for iv in ivs] for kind, ivs in loss.items()}
@@ -155,15 +159,18 @@ def _r(rate: dict) -> str:
 
 def table(report: dict) -> str:
     head = ("| measure | max_old_loss | null judged FAIL (false-FAIL) | all v1 pairs judged FAIL | forget judged "
-            "FAIL (power) | forget PASS (false-PASS) | default v2 verdict P/F/I | old-loss half-width: null / forget "
-            "/ default |")
-    lines = [head, "|---|---:|---|---|---|---|---|---|"]
+            "FAIL (power) | forget PASS (false-PASS) | default v2 verdict P/F/I | old questions that would decide "
+            "the undecided | old-loss half-width: null / forget / default |")
+    lines = [head, "|---|---:|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         d, w = r["default_verdicts"], r["old_loss_half_width"]
+        need = sorted(r["default_undecided_questions_to_decide"], key=lambda n: n if n is not None else 1e12)
+        need_text = ", ".join("never" if n is None else f"{n:,}" for n in need) or "-"
         lines.append(f"| {r['measure']} | {r['max_old_loss']:g} | {_r(r['null_false_fail'])} | "
                      f"{_r(r['null_all_false_fail'])} | "
                      f"{_r(r['forget_fail'])} | {_r(r['forget_false_pass'])} | "
-                     f"{d[PASS]}/{d[FAIL]}/{d[INCONCLUSIVE]} | {w['null']} / {w['forget']} / {w['default']} |")
+                     f"{d[PASS]}/{d[FAIL]}/{d[INCONCLUSIVE]} | {need_text} | {w['null']} / {w['forget']} / "
+                     f"{w['default']} |")
     lv = report["levels"]
     lines += ["", "| models | count | old greedy | old sampled | new greedy | new sampled | train s | answer s |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
