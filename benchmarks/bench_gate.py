@@ -90,11 +90,22 @@ def _train_export(home: Path, batches: list[Path], overrides: dict) -> dict:
             "train_tokens": train.get("train_tokens")}
 
 
+def _cached_model(home: Path, done: Path) -> dict:
+    """A finished model's record; steps and tokens read from its version's manifest where the
+    record predates them (they are what compares training cost whatever else ran beside it)."""
+    rec = json.loads(done.read_text())
+    if "steps" not in rec:
+        manifest = json.loads((Path(rec["gguf"]).parents[1] / "manifest.json").read_text())
+        train = manifest["stages"]["train"]
+        rec.update(steps=train.get("global_steps"), train_tokens=train.get("train_tokens"))
+    return rec
+
+
 def v1_model(seed: int, work: Path) -> dict:
     home = work / f"seed{seed}-v1"
     done = home / "v1.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return _cached_model(home, done)
     shutil.rmtree(home, ignore_errors=True)
     _prepare_home(home)
     rec = _train_export(home, [DEMO_BATCHES[0]], {"train.seed": seed})
@@ -105,7 +116,7 @@ def retrain_model(seed: int, work: Path) -> dict:
     home = work / f"seed{seed}-retrain"
     done = home / "retrain.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return _cached_model(home, done)
     shutil.rmtree(home, ignore_errors=True)
     _prepare_home(home)
     rec = _train_export(home, list(DEMO_BATCHES), {"train.seed": seed})
@@ -116,7 +127,7 @@ def v2_model(seed: int, name: str, overrides: dict, work: Path) -> dict:
     home = work / f"seed{seed}-{name}"
     done = home / "v2.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return _cached_model(home, done)
     shutil.rmtree(home, ignore_errors=True)
     shutil.copytree(work / f"seed{seed}-v1", home)
     (home / "v1.json").unlink()

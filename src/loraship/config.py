@@ -130,7 +130,7 @@ class GateConfig:
     # the earlier 2, on `make bench-gate`'s evidence (docs/benchmarks.md, 5 training seeds of the
     # demo, 45 old questions, 8 samples): no null pair (v1 retrained with another seed) was judged
     # to lose at either limit, every v2 that forgot (about 21 points) FAILed at both, and a 2-point
-    # limit decided none of the shipped increments (it needs 48-2,274 old questions), 5 decided 2 of 5.
+    # limit decided none of the shipped increments (it needs 48-2,352 old questions), 5 decided 2 of 5.
     max_old_loss: float = 5.0
     min_grounding: float = 0.35  # where references cite sources
     # The gate judges intervals, not point estimates (evaluate/gate.py, evaluate/stats.py):
