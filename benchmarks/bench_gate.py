@@ -90,7 +90,7 @@ def _train_export(home: Path, batches: list[Path], overrides: dict) -> dict:
             "train_tokens": train.get("train_tokens")}
 
 
-def _cached_model(home: Path, done: Path) -> dict:
+def _cached_model(done: Path) -> dict:
     """A finished model's record; steps and tokens read from its version's manifest where the
     record predates them (they are what compares training cost whatever else ran beside it)."""
     rec = json.loads(done.read_text())
@@ -101,33 +101,22 @@ def _cached_model(home: Path, done: Path) -> dict:
     return rec
 
 
-def v1_model(seed: int, work: Path) -> dict:
-    home = work / f"seed{seed}-v1"
-    done = home / "v1.json"
+def from_base(seed: int, name: str, batches: list[Path], work: Path) -> dict:
+    """One version trained from the base on `batches` (v1: batch 1; retrain: both), exported."""
+    home = work / f"seed{seed}-{name}"
+    done = home / f"{name}.json"
     if done.exists():
-        return _cached_model(home, done)
+        return _cached_model(done)
     shutil.rmtree(home, ignore_errors=True)
     _prepare_home(home)
-    rec = _train_export(home, [DEMO_BATCHES[0]], {"train.seed": seed})
-    return _save(done, rec)
-
-
-def retrain_model(seed: int, work: Path) -> dict:
-    home = work / f"seed{seed}-retrain"
-    done = home / "retrain.json"
-    if done.exists():
-        return _cached_model(home, done)
-    shutil.rmtree(home, ignore_errors=True)
-    _prepare_home(home)
-    rec = _train_export(home, list(DEMO_BATCHES), {"train.seed": seed})
-    return _save(done, rec)
+    return _save(done, _train_export(home, batches, {"train.seed": seed}))
 
 
 def v2_model(seed: int, name: str, overrides: dict, work: Path) -> dict:
     home = work / f"seed{seed}-{name}"
     done = home / "v2.json"
     if done.exists():
-        return _cached_model(home, done)
+        return _cached_model(done)
     shutil.rmtree(home, ignore_errors=True)
     shutil.copytree(work / f"seed{seed}-v1", home)
     (home / "v1.json").unlink()
@@ -176,7 +165,7 @@ def run(seeds: int, out: Path, retrain_seeds: int) -> dict:
     questions = cfg = None
     for i, seed in enumerate(seed_list):
         t0 = time.time()
-        models[f"v1/{seed}"] = v1_model(seed, work)
+        models[f"v1/{seed}"] = from_base(seed, "v1", [DEMO_BATCHES[0]], work)
         if i < seeds:
             models[f"default/{seed}"] = v2_model(seed, "default", {}, work)
             models[f"forget/{seed}"] = v2_model(seed, "forget", FORGET, work)
@@ -185,7 +174,7 @@ def run(seeds: int, out: Path, retrain_seeds: int) -> dict:
         _say(f"seed {seed}: trained and exported ({time.time() - t0:.0f} s)")
         _answer_all(models, seed, questions, cfg, cells)
     for seed in seed_list[:min(retrain_seeds, seeds)]:  # after the calibration's models: the arm comes second
-        models[f"retrain/{seed}"] = retrain_model(seed, work)
+        models[f"retrain/{seed}"] = from_base(seed, "retrain", list(DEMO_BATCHES), work)
         _answer_all(models, seed, questions, cfg, cells)
     sides = {q.id: q.knowledge for q in questions}
     return calibrate(models, sides, seed_list, cfg.gate)
