@@ -202,6 +202,7 @@ def test_ollama_gets_a_questions_k_seeds_at_once_for_one_model():
     import threading
 
     from loraship.evaluate.backends import OllamaBackend
+    from loraship.evaluate.compare import _samples
 
     barrier, seen = threading.Barrier(4, timeout=20), []
 
@@ -212,7 +213,7 @@ def test_ollama_gets_a_questions_k_seeds_at_once_for_one_model():
             return {"message": {"content": f"seed {options['seed']}"}}
 
     backend = OllamaBackend("http://127.0.0.1:9", client=Client())
-    texts = backend.samples(Candidate("m:v1", "v1"), [{"role": "user", "content": "q"}],
-                            {"temperature": 0.7, "num_predict": 8}, [8, 9, 10, 11])
+    texts = _samples(backend, Candidate("m:v1", "v1"), [{"role": "user", "content": "q"}],
+                     {"temperature": 0.7, "num_predict": 8}, [8, 9, 10, 11])
     assert texts == ["seed 8", "seed 9", "seed 10", "seed 11"]
     assert sorted(seen) == [("m:v1", s, 0.7) for s in (8, 9, 10, 11)]

@@ -9,9 +9,10 @@ Options are Ollama's names ({"temperature", "seed", "num_ctx", "num_predict", "t
 "top_p", "min_p"}); the llama.cpp backend translates them.
 
 Sampled answers (compare.samples): `samples` answers all k seeds of one question in one call:
-llama.cpp decodes them together in one context (evaluate/llama_batch.py); Ollama gets the k
-requests at once for that one model (concurrency.fan_out: parallel sequences of its runner
-where it has the slots, queued where not), one seed (options.seed) each.
+llama.cpp decodes them together in one context (evaluate/llama_batch.py). A backend without
+`samples` (Ollama) gets the k requests at once for that one model from compare
+(concurrency.fan_out: parallel sequences of its runner where it has the slots, queued where
+not), one seed (options.seed) each.
 """
 
 from __future__ import annotations
@@ -90,10 +91,6 @@ class OllamaBackend:
         )
         message = _get(resp, "message")
         return (_get(message, "content") or "") if message is not None else ""
-
-    def samples(self, c: Candidate, messages: list[dict], options: dict, seeds: list[int]) -> list[str]:
-        """One request per seed, all at once to this one model (concurrency.fan_out)."""
-        return concurrency.fan_out(lambda seed: self.answer(c, messages, {**options, "seed": seed}), seeds)
 
 
 def _get(obj: Any, key: str) -> Any:

@@ -82,7 +82,7 @@ class BatchSampler:
         # here computes what create_chat_completion computes; only size and sequences change.
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = min(n_ctx, PROMPT_BATCH)
+        self.n_batch = params.n_batch = params.n_ubatch = min(n_ctx, PROMPT_BATCH)
         params.n_seq_max = sequences
         params.kv_unified = True  # one cache shared by the sequences: the prompt is stored once
         if n_threads:
@@ -90,7 +90,7 @@ class BatchSampler:
         self._ctx = llama_cpp.llama_init_from_model(llm.model, params)
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not create a context for {sequences} sequences of {n_ctx} tokens")
-        self._batch = llama_cpp.llama_batch_init(max(params.n_batch, sequences), 0, sequences)
+        self._batch = llama_cpp.llama_batch_init(max(self.n_batch, sequences), 0, sequences)
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
 
     def close(self) -> None:
@@ -139,7 +139,7 @@ class BatchSampler:
         lib = self._lib
         lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
         everyone = list(range(k))
-        step = self._batch_capacity()
+        step = self.n_batch
         for start in range(0, len(prompt), step):  # the prompt once, in every sequence
             chunk = prompt[start:start + step]
             last = start + len(chunk) == len(prompt)
@@ -151,9 +151,6 @@ class BatchSampler:
             for chain in chains:
                 lib.llama_sampler_free(chain)
         return [self._text(prompt, toks, stops) for toks in out]
-
-    def _batch_capacity(self) -> int:
-        return min(self.n_ctx, PROMPT_BATCH)
 
     def _generate(self, chains: list[Any], n_prompt: int, max_tokens: int, first_index: int) -> list[list[int]]:
         lib, k = self._lib, len(chains)
