@@ -120,8 +120,8 @@ def export_loraship(spec: dict) -> dict:
 
     _copy_home(spec, "export-loraship")
     _, rec = pipeline.stage_export("bench", pipeline.load_config("bench"), "v1")
-    return {"steps_s": round(sum(rec["timings_s"].values()), 2), "timings_s": rec["timings_s"],
-            "runtime_s": rec["runtime_s"]}
+    return {"timings_s": rec["timings_s"], "runtime_s": rec["runtime_s"],
+            "base_hash_cached": rec["merge"].get("base_hash_cached", [])}
 
 
 def export_plain(spec: dict) -> dict:
@@ -142,15 +142,20 @@ def export_plain(spec: dict) -> dict:
     merged = PeftModel.from_pretrained(base, v.path / "adapter").merge_and_unload()
     merged.save_pretrained(home / "merged")
     AutoTokenizer.from_pretrained(spec["base"]).save_pretrained(home / "merged")
+    t1 = time.perf_counter()
     conv = toolchain.require_converter()
     env = {**os.environ, "PYTHONPATH": str(conv / "gguf-py")}
     subprocess.run([sys.executable, str(conv / "convert_hf_to_gguf.py"), str(home / "merged"), "--outfile",
                     str(home / "f16.gguf"), "--outtype", "f16"], check=True, env=env, capture_output=True)
+    t2 = time.perf_counter()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = os.cpu_count() or 1  # as loraship's export does
     assert llama_cpp.llama_model_quantize(str(home / "f16.gguf").encode(), str(home / "q4.gguf").encode(),
                                           ctypes.byref(params)) == 0
-    return {"steps_s": round(time.perf_counter() - t0, 2)}
+    t3 = time.perf_counter()
+    return {"timings_s": {"merge_and_save": round(t1 - t0, 2), "convert": round(t2 - t1, 2),
+                          "quantize": round(t3 - t2, 2)}}
 
 
 def compare(spec: dict) -> dict:

@@ -62,6 +62,8 @@ class TrainConfig:
     padding_free: bool | None = None  # rows flattened into one (position_ids per row); None: with flash attention only (train/speed.py)
     liger_kernel: bool | None = None  # Liger's Triton kernels; None: on CUDA when liger-kernel is installed (loraship[gpu])
     logging_steps: int | None = None  # loss logged every N optimizer steps; None: about 50 points per run
+    fast_dropout: bool | None = None  # LoRA dropout mask drawn as rand >= p; None: on CPUs (train/lora_dropout.py)
+    fold_accumulation: bool | None = None  # a step's batch x accumulation rows in one pass; None: when memory allows
     init_lora_nonzero: bool = False  # tests: make an untrained adapter visible
     # Increments (versions with a parent). None: the measured defaults of train/hparams.py,
     # recorded with their reason in the manifest (evidence: `make bench-forgetting`).

@@ -133,6 +133,39 @@ def test_changed_base_is_refused(home):
         shutil.copy(backup, f"{base}/config.json")
 
 
+def test_base_hash_is_reused_until_the_weights_change_even_with_their_mtime_put_back(home, monkeypatch):
+    """Export proves the base unchanged by its hash; the second export reuses the remembered
+    digest, and weights rewritten in place (same size, mtime restored) are still caught."""
+    import os
+
+    from loraship.store import hash_cache
+
+    monkeypatch.setattr(hash_cache, "MIN_BYTES", 0)  # the tiny base is small; real ones are GBs
+    cfg = pipeline.load_config("tiny")
+    first = pipeline.stage_export("tiny", cfg, "v1")[1]
+    assert first["merge"]["base_hash_cached"] == []
+    assert set(first["timings_s"]) == {"base_check", "load", "merge", "save", "convert", "quantize", "verify"}
+    again = export.export_version(cfg, versions.get("tiny", "v1"), force=True)
+    weights = [f for f in again["merge"]["base_hash_cached"] if f.endswith(".safetensors")]
+    assert weights
+    target = f"{versions.get('tiny', 'v1').stage('train')['base']['path']}/{weights[0]}"
+    st = os.stat(target)
+    with open(target, "r+b") as f:
+        f.seek(st.st_size - 8)
+        original = f.read(8)
+        f.seek(st.st_size - 8)
+        f.write(bytes(b ^ 0xFF for b in original))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        out = run("export", "-m", "tiny", "v1", "--force", code=2)
+        assert "changed since training" in out
+    finally:
+        with open(target, "r+b") as f:
+            f.seek(st.st_size - 8)
+            f.write(original)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_killed_conversion_leaves_no_gguf_under_its_final_name(home, monkeypatch):
     def killed(script, args, log=None, log_file=None):
         out = args[args.index("--outfile") + 1]

@@ -161,6 +161,8 @@ def test_training_records_its_speed_choices_padded_or_padding_free(isolated_home
         ckpt = fast["gradient_checkpointing"]
         assert ckpt["enabled"] is False and ckpt["estimate_gib"] < ckpt["budget_gib"]
         assert rec["device"]["gradient_checkpointing"] is False
+        # on this CPU every LoRA dropout (7 projections x 2 tiny layers) draws the cheaper mask
+        assert fast["fast_dropout"] is True and fast["dropouts_swapped"] == 14
         steps = [p["step"] for p in rec["loss_curve"] if "loss" in p]
         assert steps and all(s % 3 == 0 for s in steps)
     # the same real tokens counted, padded (non-padding count) or flattened (no padding at all)
@@ -176,4 +178,94 @@ def test_unknown_logging_steps_is_refused(tiny_config):
 
 def test_train_config_defaults_leave_the_speed_choices_automatic():
     cfg = TrainConfig()
-    assert (cfg.padding_free, cfg.liger_kernel, cfg.logging_steps, cfg.gradient_checkpointing) == (None, None, None, None)
+    assert (cfg.padding_free, cfg.liger_kernel, cfg.logging_steps, cfg.gradient_checkpointing,
+            cfg.fast_dropout) == (None, None, None, None, None)
+
+
+def test_mask_dropout_keeps_nn_dropouts_distribution_and_is_off_in_eval():
+    """Each element kept with probability 1-p and scaled by 1/(1-p), as nn.Dropout does; the
+    expectation is the input; nothing is dropped in eval mode; seeded runs repeat."""
+    import torch
+
+    from loraship.train import lora_dropout
+
+    drop = lora_dropout._module_class()(0.2)
+    x = torch.ones(400, 500)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.8) < 0.005  # 200k draws: sd 0.0009
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.8))
+    assert abs(y.mean().item() - 1.0) < 0.01
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    bf = drop(x.to(torch.bfloat16))
+    assert bf.dtype == torch.bfloat16
+    drop.eval()
+    assert drop(x) is x
+    xg = torch.randn(30, 40, requires_grad=True)
+    drop.train()
+    out = drop(xg)
+    out.sum().backward()  # the gradient flows through kept elements only, scaled like the value
+    assert torch.allclose(xg.grad, (out != 0).float() / 0.8)
+
+
+def test_fast_dropout_is_chosen_on_cpu_only_and_can_be_turned_off():
+    from loraship.train.lora_dropout import choose
+
+    assert choose(None, "cpu", 0.05)[0] is True
+    assert choose(False, "cpu", 0.05) == (False, "off in config (train.fast_dropout): torch's nn.Dropout")
+    assert choose(None, "cpu", 0.0)[0] is False
+    assert choose(None, "cuda", 0.05)[0] is False
+    with pytest.raises(ConfigError, match="train.fast_dropout"):
+        choose(True, "cuda", 0.05)
+
+
+def test_swap_replaces_every_lora_dropout_and_keeps_the_adapter(tiny_base):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from loraship.train import lora_dropout
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                           LoraConfig(r=4, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert lora_dropout.swap(model) == 2 * model.config.num_hidden_layers
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for n, m in model.named_modules() if "lora_dropout" in n)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert lora_dropout.swap(model) == 0  # idempotent
+
+
+def test_accumulation_is_folded_into_one_batch_only_when_it_fits_and_is_allowed():
+    gib = 1 << 30
+    assert speed.choose_fold(None, 4, 2, None, 1 * gib, 8 * gib)[0] is True
+    assert speed.choose_fold(None, 4, 1, None, None, 8 * gib) == (False, "no gradient accumulation to fold")
+    too_big = speed.choose_fold(None, 4, 2, None, 8 * gib, 8 * gib)
+    assert too_big[0] is False and "more than" in too_big[1]
+    assert speed.choose_fold(None, 4, 2, True, 1 * gib, 8 * gib)[0] is False  # memory-bound by config
+    assert speed.choose_fold(None, 4, 2, None, 1 * gib, None)[0] is False  # memory unknown
+    assert speed.choose_fold(False, 4, 2, None, 1 * gib, 8 * gib)[0] is False
+    assert speed.choose_fold(True, 4, 2, None, 8 * gib, 1 * gib)[0] is True
+
+
+@pytest.mark.slow
+def test_folded_accumulation_trains_the_same_steps_and_records_it(isolated_home, tiny_config):
+    """4 x 2 accumulated rows run as batches of 8: the same optimizer steps and tokens; the
+    manifest keeps the hyperparameters as chosen and the plan as run."""
+    rows = write_jsonl(isolated_home / "a.jsonl", qa_rows("alpha", 24, "alpha"))
+    recs = {}
+    for fold in (False, True):
+        model = f"fold{int(fold)}"
+        tiny_config(model, train__num_train_epochs=1, train__per_device_train_batch_size=4,
+                    train__gradient_accumulation_steps=2, train__fold_accumulation=fold)
+        cfg = pipeline.load_config(model)
+        pipeline.stage_data(model, cfg, [rows])
+        recs[fold] = pipeline.stage_train(model, cfg).stage("train")
+    for fold, rec in recs.items():
+        assert rec["hyperparameters"]["per_device_train_batch_size"] == 4
+        assert rec["hyperparameters"]["gradient_accumulation_steps"] == 2
+        assert (rec["speed"]["micro_batch"], rec["speed"]["gradient_accumulation"]) == ((8, 1) if fold else (4, 2))
+    assert recs[True]["global_steps"] == recs[False]["global_steps"] > 0
+    assert recs[True]["train_tokens"] == recs[False]["train_tokens"]

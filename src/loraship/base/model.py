@@ -7,7 +7,7 @@ from typing import Any
 
 from loraship.config import Config
 from loraship.errors import ConfigError, ExportError
-from loraship.store.hashing import sha256_file
+from loraship.store.hash_cache import sha256_file_cached
 
 _WEIGHT_GLOBS = ("*.safetensors",)
 _META = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model")
@@ -31,26 +31,31 @@ def resolve(cfg: Config) -> Path:
     return path
 
 
-def fingerprint(path: Path, names: list[str] | None = None) -> dict[str, Any]:
+def fingerprint(path: Path, names: list[str] | None = None, cache_hits: list[str] | None = None) -> dict[str, Any]:
     """Content hash of the weights and the files that change behaviour (config, tokenizer, and the
     SentencePiece model llama.cpp converts Llama 2 / Mistral / Phi-3 vocabularies from). `names`:
     the files a recorded fingerprint hashed: its metadata files are hashed again (a record keeps
-    meaning what it meant when written), and every weight file always is."""
+    meaning what it meant when written), and every weight file always is. Large files' digests
+    come from store/hash_cache.py while the file is provably untouched; their names go to
+    `cache_hits`."""
     meta = _META if names is None else [n for n in names if not n.endswith(".safetensors")]
     files = sorted(p for g in _WEIGHT_GLOBS for p in path.glob(g)) + [path / m for m in meta if (path / m).exists()]
     import hashlib
 
     h = hashlib.sha256()
     for p in files:
-        h.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
+        digest, cached = sha256_file_cached(p)
+        if cached and cache_hits is not None:
+            cache_hits.append(p.name)
+        h.update(p.name.encode() + b"\0" + digest.encode() + b"\n")
     return {"path": str(path), "sha256": h.hexdigest(), "files": [p.name for p in files]}
 
 
-def check_unchanged(recorded: dict[str, Any]) -> Path:
+def check_unchanged(recorded: dict[str, Any], cache_hits: list[str] | None = None) -> Path:
     path = Path(recorded["path"])
     if not path.exists():
         raise ExportError(f"base model {path} recorded at training is gone: restore it or point base_model there")
-    now = fingerprint(path, recorded.get("files"))["sha256"]
+    now = fingerprint(path, recorded.get("files"), cache_hits)["sha256"]
     if now != recorded["sha256"]:
         raise ExportError(
             f"base model {path} changed since training (sha256 {recorded['sha256'][:12]} then, {now[:12]} now): "

@@ -102,30 +102,49 @@ def describe(path: Path) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=16)
 def _describe(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    # Parsing every metadata field (a 50k-token vocabulary) takes seconds: one parse per file version.
+    from loraship.export import gguf_header
+
+    try:
+        with gguf_header.open_header(Path(path)) as header:
+            if header is not None:  # llama.cpp's C parser: milliseconds
+                return _summary(header.value, header.string_at, header.tensor_types())
+    except gguf_header.UnreadableGGUF as e:
+        raise ExportError(f"{path} is not a GGUF file llama.cpp can read ({e})") from None
+    return _describe_with_gguf_py(path)
+
+
+def _describe_with_gguf_py(path: str) -> dict[str, Any]:
+    """The fallback for a ggml without the gguf API: gguf-py parses every field (seconds for a 50k vocabulary)."""
     try:
         rd = reader(Path(path))
     except (ValueError, OSError) as e:  # gguf-py raises ValueError on a bad magic or truncated header
         raise ExportError(f"{path} is not a GGUF file llama.cpp can read ({e})") from None
-    mix = Counter(t.tensor_type.name for t in rd.tensors)
     tokens = field_value(rd, "tokenizer.ggml.tokens") or []
 
-    def token(key: str) -> str | None:
-        i = field_value(rd, key)
-        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
+    def string_at(key: str, i: Any) -> str | None:
+        return tokens[i] if key == "tokenizer.ggml.tokens" and isinstance(i, int) and 0 <= i < len(tokens) else None
 
+    return _summary(lambda key: field_value(rd, key), string_at, [t.tensor_type.name for t in rd.tensors])
+
+
+def _summary(value: Callable[[str], Any], string_at: Callable[[str, Any], str | None],
+             tensor_types: list[str]) -> dict[str, Any]:
+    def token(key: str) -> str | None:
+        return string_at("tokenizer.ggml.tokens", value(key))
+
+    architecture = value("general.architecture")
     return {
-        "file_type": field_value(rd, "general.file_type"),
-        "type_mix": dict(sorted(mix.items())),
-        "n_tensors": len(rd.tensors),
-        "name": field_value(rd, "general.name"),
-        "version": field_value(rd, "general.version"),
-        "architecture": field_value(rd, "general.architecture"),
-        "license": field_value(rd, "general.license"),
-        "chat_template": field_value(rd, "tokenizer.chat_template"),
-        "tokenizer_model": field_value(rd, "tokenizer.ggml.model"),
-        "pre_tokenizer": field_value(rd, "tokenizer.ggml.pre"),
+        "file_type": value("general.file_type"),
+        "type_mix": dict(sorted(Counter(tensor_types).items())),
+        "n_tensors": len(tensor_types),
+        "name": value("general.name"),
+        "version": value("general.version"),
+        "architecture": architecture,
+        "license": value("general.license"),
+        "chat_template": value("tokenizer.chat_template"),
+        "tokenizer_model": value("tokenizer.ggml.model"),
+        "pre_tokenizer": value("tokenizer.ggml.pre"),
         "bos_token": token("tokenizer.ggml.bos_token_id"),
         "eos_token": token("tokenizer.ggml.eos_token_id"),
-        "context_length": field_value(rd, f"{field_value(rd, 'general.architecture')}.context_length"),
+        "context_length": value(f"{architecture}.context_length"),
     }

@@ -87,7 +87,7 @@ def _load() -> Runtime:
     backend_dir = found[0]
     # ggml announces each load on stderr, from C and through llama-cpp-python's log callback
     # (Python's sys.stderr); keep it for errors only.
-    with _stderr_captured() as said, contextlib.redirect_stderr(io.StringIO()):
+    with captured_stderr() as said, contextlib.redirect_stderr(io.StringIO()):
         cpu = best_variant(backend_dir, allow_amx=os.environ.get(ENV_ALLOW_AMX) == "1")
         if cpu is None:
             ggml.ggml_backend_load_all_from_path(str(backend_dir).encode())
@@ -114,7 +114,7 @@ def output_to(log_file: Path):
     """
     py, said = io.StringIO(), list
     try:
-        with _stderr_captured() as said, contextlib.redirect_stderr(py):
+        with captured_stderr() as said, contextlib.redirect_stderr(py):
             yield
     finally:  # a failed call's output is what its log is for
         with open(log_file, "a", encoding="utf-8") as f:
@@ -123,7 +123,7 @@ def output_to(log_file: Path):
 
 
 @contextlib.contextmanager
-def _stderr_captured():
+def captured_stderr():
     """Send file descriptor 2 to a temp file (C code writes there, not to sys.stderr)."""
     lines: list[str] = []
     sys.stderr.flush()

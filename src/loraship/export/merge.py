@@ -36,15 +36,19 @@ def check_adapter(adapter_dir: Path) -> None:
         raise ExportError(f"adapter {adapter_dir} is corrupt: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def _logits(model: Any, tok: Any) -> Any:
+def _logits(model: Any, tok: Any) -> list[Any]:
+    """Each probe's logits, from one batched forward pass (right-padded: causal attention
+    keeps a row's real positions blind to the padding after them)."""
     import torch
 
+    rows = [tok(text, add_special_tokens=False)["input_ids"] for text in PROBES]
+    width = max(map(len, rows))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
     with torch.no_grad():
-        out = []
-        for text in PROBES:
-            ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
-            out.append(model(input_ids=ids).logits.float().cpu())
-        return out
+        logits = model(input_ids=ids, attention_mask=mask).logits.float().cpu()
+    return [logits[i, :len(r)] for i, r in enumerate(rows)]
 
 
 def merge_chain(

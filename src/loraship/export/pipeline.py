@@ -31,12 +31,15 @@ def _adapters(version: Version, train: dict) -> list[Path]:
     return [get(version.model, vid).path / paths.ADAPTER_DIR for vid in train["adapter_chain"]]
 
 
-def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log) -> dict[str, Any]:
+def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log, timings: dict[str, float]) -> dict[str, Any]:
     import torch
 
     from loraship.export.merge import merge_chain
 
-    base_path = base_model.check_unchanged(train["base"])
+    t0 = time.time()
+    cached: list[str] = []
+    base_path = base_model.check_unchanged(train["base"], cached)
+    timings["base_check"] = round(time.time() - t0, 2)
     # Merge in the training precision, never onto a 4-bit base: QLoRA adapters merge onto 16-bit weights.
     dtype = train["device"]["dtype"]
     on_gpu = train["device"]["device"] == "cuda" and torch.cuda.is_available()
@@ -49,14 +52,19 @@ def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log) -> d
     if on_gpu:
         model = model.to("cuda")
     tol = cfg.export.max_merge_logit_diff if dtype == "float32" else max(cfg.export.max_merge_logit_diff, 5e-2)
+    t1 = time.time()
     model, check = merge_chain(model, tok, _adapters(version, train), tol, log)
+    t2 = time.time()
+    timings["load"], timings["merge"] = round(t1 - t0 - timings["base_check"], 2), round(t2 - t1, 2)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     for name in base_model.TOKENIZER_EXTRAS:  # Phi-3's converter refuses to run without tokenizer.model
         if (base_path / name).exists() and not (out / name).exists():
             shutil.copy2(base_path / name, out / name)
+    timings["save"] = round(time.time() - t2, 2)
     check["dtype"] = dtype
     check["qlora_merged_onto_16bit"] = bool(train["device"].get("load_in_4bit"))
+    check["base_hash_cached"] = cached  # weight files whose digest came from store/hash_cache.py
     return check
 
 
@@ -105,20 +113,23 @@ def export_version(
 
 
 def _build(cfg: Config, version: Version, train: dict, quants: list[str], work: Path, log: Log) -> dict:
+    """Every step, timed on its own: `timings_s` splits the export (base_check, load, merge
+    with its logit check, save, convert, quantize, verify)."""
     merged = work / MERGED_DIR
-    t0 = time.time()
+    timings: dict[str, float] = {}
     log("merging adapter chain into the base")
-    merge_check = _merge(cfg, version, train, merged, log)
-    t_merge = time.time() - t0
+    merge_check = _merge(cfg, version, train, merged, log, timings)
     ref_name = paths.gguf_name(version.model, version.id, cfg.export.outtype.upper())
     gguf_dir = work / paths.GGUF_DIR
     gguf_dir.mkdir()
     console_log = version.path / EXPORT_LOG  # llama.cpp's own output, kept out of the console
     log(f"converting to GGUF ({cfg.export.outtype}) with llama.cpp (its output: {console_log})")
+    t0 = time.time()
     gguf_tools.convert(merged, gguf_dir / ref_name, cfg.export.outtype, _gguf_metadata(version, train, cfg), log,
                        console_log)
-    t_convert = time.time() - t0 - t_merge
+    timings["convert"] = round(time.time() - t0, 2)
     outputs = {}
+    t0 = time.time()
     for q in quants:
         name = paths.gguf_name(version.model, version.id, q.upper())
         fallbacks = gguf_tools.quantize(gguf_dir / ref_name, gguf_dir / name, q, threads=os.cpu_count() or 1,
@@ -127,14 +138,16 @@ def _build(cfg: Config, version: Version, train: dict, quants: list[str], work: 
         log(f"quantized to {q}: {sum(mix.values())} tensors ({', '.join(f'{t} {n}' for t, n in mix.items())}); "
             f"{fallbacks} fell back to another type (rows not divisible by its block size; see {EXPORT_LOG})")
         outputs[q.upper()] = name
-    t_quant = time.time() - t0 - t_merge - t_convert
+    timings["quantize"] = round(time.time() - t0, 2)
+    t0 = time.time()
     checks = _verify(merged, gguf_dir, ref_name, outputs, version, log)
+    timings["verify"] = round(time.time() - t0, 2)
     return {
         "merge": merge_check,
         "reference_gguf": f"{paths.GGUF_DIR}/{ref_name}",
         "ggufs": {q: f"{paths.GGUF_DIR}/{n}" for q, n in outputs.items()},
         "checks": checks,
-        "timings_s": {"merge": round(t_merge, 2), "convert": round(t_convert, 2), "quantize": round(t_quant, 2)},
+        "timings_s": timings,
         "finished_at": manifest.now_iso(),
     }
 

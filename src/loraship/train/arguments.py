@@ -28,9 +28,10 @@ def training_arguments(cfg: Config, dev: Any, hp: dict[str, Any], fast: Any, ckp
     return TrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=hp["num_train_epochs"],
-        per_device_train_batch_size=hp["per_device_train_batch_size"],
-        per_device_eval_batch_size=hp["per_device_train_batch_size"],
-        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        # The speed plan may run an optimizer step's rows as one micro-batch (same effective batch).
+        per_device_train_batch_size=fast.micro_batch,
+        per_device_eval_batch_size=fast.micro_batch,
+        gradient_accumulation_steps=fast.accumulation,
         learning_rate=hp["learning_rate"],
         lr_scheduler_type=hp["lr_scheduler_type"],
         warmup_steps=hp["warmup_steps"],

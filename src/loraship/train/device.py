@@ -1,13 +1,15 @@
 """Pick the training device and precision, and record why.
 
 CUDA trains in bf16 where the card supports it (else fp16), Apple MPS in fp32. On a
-CPU the answer depends on the chip: with AMX or AVX512-BF16, torch runs bf16 matmuls
-several times faster than fp32 (3.2-3.9x measured on a Xeon with AMX); without them
-bf16 is emulated and slower. AVX512-BF16 alone (Zen 4, Cooper Lake) speeds up forward
-matmuls 2-4x, but a whole LoRA step (backward, fp32 adapter weights against bf16
-activations, casts) measured 2-4x *slower* than fp32 on such a CPU (docs/benchmarks.md).
-So a CPU trains in bf16 only when it has AMX and a short matmul probe confirms bf16 is
-faster here; `train.dtype` overrides either way. The
+CPU the answer depends on the chip: with AMX or AVX512-BF16, torch (oneDNN) runs bf16
+matmuls several times faster than fp32 (3.2-3.9x measured on a Xeon with AMX, 2-4x on
+forward matmuls of a Zen 4 EPYC with AVX512-BF16); without them bf16 is emulated and
+slower. Whole LoRA steps on the EPYC (SmolLM2-135M, 3 interleaved rounds on a quiet
+machine, docs/benchmarks.md) ran 1.45x [1.24, 1.71] the plain fp32 script in bf16 and
+1.1x in fp32. (A first measurement on the same kind of machine, shared with jobs at load
+average 3-11, had found bf16 steps slower; the quiet rounds did not repeat it.) So a CPU
+trains in bf16 when it has one of those instruction sets and a short matmul probe confirms
+bf16 is at least MIN_BF16_SPEEDUP faster here; `train.dtype` overrides either way. The
 base weights take that dtype; peft keeps the LoRA weights in fp32
 (`autocast_adapter_dtype`), and export always merges in fp32 on a CPU.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from loraship.errors import ConfigError
 
 DTYPES = ("bfloat16", "float16", "float32")
-BF16_CPU_FLAGS = ("amx_bf16",)  # AVX512-BF16 alone: measured slower end to end
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # native bf16 matmul instructions (AMX tiles, AVX-512 dot products)
 MIN_BF16_SPEEDUP = 1.3  # below this the probe's noise could decide; fp32 is the safe default
 
 
@@ -80,10 +82,7 @@ def choose_cpu_dtype(flags: set[str], probe=probe_cpu_bf16) -> tuple[str, str]:
     """(dtype, reason) for training on this CPU."""
     have = [f for f in BF16_CPU_FLAGS if f in flags]
     if not have:
-        if "avx512_bf16" in flags:
-            return "float32", ("CPU with AVX512-BF16 but no AMX: fp32 (bf16 LoRA steps measured slower end to end "
-                               "on such a CPU)")
-        return "float32", "CPU without AMX: fp32 (bf16 would be emulated and slow)"
+        return "float32", "CPU without AMX or AVX512-BF16: fp32 (bf16 would be emulated and slow)"
     bf16, fp32 = probe()
     ratio = bf16 / max(fp32, 1e-9)
     measured = f"bf16 {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s ({ratio:.1f}x)"

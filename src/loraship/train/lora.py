@@ -189,6 +189,9 @@ def _load_for_training(cfg: Config, version: Version, base_path: Path, dev, stra
     log(f"  padding_free = {fast.padding_free}  ({fast.padding_free_reason})")
     log(f"  gradient_checkpointing = {fast.checkpointing.enabled}  ({fast.checkpointing.reason})")
     log(f"  liger_kernel = {fast.liger}  ({fast.liger_reason})")
+    log(f"  fast_dropout = {fast.fast_dropout}  ({fast.fast_dropout_reason})")
+    if hp["gradient_accumulation_steps"] > 1:
+        log(f"  micro_batch = {fast.micro_batch} x {fast.accumulation}  ({fast.fold_reason})")
     return model, chain, keeper, fast
 
 
