@@ -109,6 +109,15 @@ class UnreadableGGUF(ValueError):
     pass
 
 
+def _own_reason(path: Path) -> str:
+    """Why ggml refused, when its log went elsewhere (llama-cpp-python's logger may be quieted)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        return f"invalid magic {magic!r}, expected b'GGUF'"
+    return "ggml could not parse its header: truncated or corrupt"
+
+
 @contextlib.contextmanager
 def open_header(path: Path) -> Iterator[Header | None]:
     """The header of `path` through ggml, or None where ggml lacks the gguf API.
@@ -123,7 +132,7 @@ def open_header(path: Path) -> Iterator[Header | None]:
         ctx = lib.gguf_init_from_file(str(path).encode(), _InitParams(True, None))
     if not ctx:
         lines = [line.strip() for line in [*py.getvalue().splitlines(), *said()] if line.strip()]
-        raise UnreadableGGUF(" ".join(lines[-2:]) or "ggml could not parse its header")
+        raise UnreadableGGUF(" ".join(lines[-2:]) or _own_reason(path))
     try:
         yield Header(lib, ctx)
     finally:
