@@ -5,8 +5,8 @@ CPU the answer depends on the chip: with AMX or AVX512-BF16, torch (oneDNN) runs
 matmuls several times faster than fp32 (3.2-3.9x measured on a Xeon with AMX, 2-4x on
 forward matmuls of a Zen 4 EPYC with AVX512-BF16); without them bf16 is emulated and
 slower. Whole LoRA steps on the EPYC (SmolLM2-135M, 3 interleaved rounds on a quiet
-machine, docs/benchmarks.md) ran 1.45x [1.24, 1.71] the plain fp32 script in bf16 and
-1.1x in fp32. (A first measurement on the same kind of machine, shared with jobs at load
+machine, docs/benchmarks.md) ran 1.58x [1.48, 1.68] the plain fp32 script in bf16 and
+1.17x [1.06, 1.30] in fp32, all else equal. (A first measurement on the same kind of machine, shared with jobs at load
 average 3-11, had found bf16 steps slower; the quiet rounds did not repeat it.) So a CPU
 trains in bf16 when it has one of those instruction sets and a short matmul probe confirms
 bf16 is at least MIN_BF16_SPEEDUP faster here; `train.dtype` overrides either way. The

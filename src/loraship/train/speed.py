@@ -142,7 +142,7 @@ def choose_fold(configured: bool | None, per_device: int, accum: int, checkpoint
     """Run an optimizer step's per_device x accum rows as one micro-batch?
 
     The same rows, the same loss (the Trainer normalises by the step's answer tokens either
-    way) and the same optimizer steps, in fewer and larger matmuls: measured 1.07x on a CPU
+    way) and the same optimizer steps, in fewer and larger matmuls: measured 1.09x on a CPU
     step (docs/benchmarks.md). Only where the folded batch fits without checkpointing, since
     recomputing activations costs more than accumulation does."""
     if accum <= 1:
