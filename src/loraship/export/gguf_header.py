@@ -36,9 +36,7 @@ class _InitParams(ctypes.Structure):
 @functools.lru_cache(maxsize=1)
 def _lib() -> Any | None:
     """libggml-base (where gguf.h's functions live) with the calls typed, or None without them."""
-    lib_dir = Path(llama_runtime.llama_cpp().__file__).parent / "lib"
-    path = next((lib_dir / n for n in ("libggml-base.so.0", "libggml-base.so", "libggml-base.dylib", "ggml-base.dll")
-                 if (lib_dir / n).exists()), None)
+    path = llama_runtime.find_library(llama_runtime.library_dir(llama_runtime.llama_cpp()), "ggml-base")
     if path is None:
         return None
     try:
@@ -111,10 +109,12 @@ class UnreadableGGUF(ValueError):
 
 def _own_reason(path: Path) -> str:
     """Why ggml refused, when its log went elsewhere (llama-cpp-python's logger may be quieted)."""
+    from loraship.export.gguf_tools import GGUF_MAGIC
+
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != b"GGUF":
-        return f"invalid magic {magic!r}, expected b'GGUF'"
+    if magic != GGUF_MAGIC:
+        return f"invalid magic {magic!r}, expected {GGUF_MAGIC!r}"
     return "ggml could not parse its header: truncated or corrupt"
 
 

@@ -73,7 +73,7 @@ def _load() -> Runtime:
         import llama_cpp as module
     except ImportError as e:
         raise ToolchainError(f"llama-cpp-python is not installed or does not load ({e}): run `make setup`") from None
-    lib_dir = Path(module.__file__).parent / "lib"
+    lib_dir = library_dir(module)
     ggml = _open_ggml(lib_dir)
     if ggml.ggml_backend_reg_count() > 0:
         return Runtime(module, dispatch=False, backend_dir=None, cpu_variant=None)
@@ -139,10 +139,20 @@ def captured_stderr():
             lines.extend(tmp.read().decode(errors="replace").splitlines())
 
 
+def library_dir(module: Any) -> Path:
+    """Where llama-cpp-python keeps its shared libraries."""
+    return Path(module.__file__).parent / "lib"
+
+
+def find_library(lib_dir: Path, stem: str) -> Path | None:
+    """lib<stem> in `lib_dir` under the name libllama links it by (the soname first), or None."""
+    names = [f"lib{stem}.so.0", f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"]
+    return next((lib_dir / n for n in names if (lib_dir / n).exists()), None)
+
+
 def _open_ggml(lib_dir: Path) -> Any:
     """The ggml library libllama is linked against (its soname), with the two calls typed."""
-    names = ["libggml.so.0", "libggml.so", "libggml.dylib", "ggml.dll"]
-    path = next((lib_dir / n for n in names if (lib_dir / n).exists()), None)
+    path = find_library(lib_dir, "ggml")
     if path is None:
         raise ToolchainError(f"llama-cpp-python's libggml is missing from {lib_dir}: reinstall it with `make setup`")
     ggml = ctypes.CDLL(str(path))

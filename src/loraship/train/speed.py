@@ -181,10 +181,12 @@ def plan(cfg: TrainConfig, model: Any, device: str, dtype_bytes: int, hp: dict[s
         batch = memory.largest_batch(lengths, loss_lengths, rows, padded=not padding_free)
         return memory.estimate(shape, batch, checkpointing=checkpointing, **common)
 
+    folded = need(per_device * accum, False) if accum > 1 else None
     fold, fold_reason = choose_fold(cfg.fold_accumulation, per_device, accum, cfg.gradient_checkpointing,
-                                    need(per_device * accum, False)["total"] if accum > 1 else None, free)
+                                    folded["total"] if folded else None, free)
     micro, steps_accum = (per_device * accum, 1) if fold else (per_device, accum)
-    ckpt = memory.choose_checkpointing(cfg.gradient_checkpointing, need(micro, False), need(micro, True), free, source)
+    without = folded if fold else need(micro, False)
+    ckpt = memory.choose_checkpointing(cfg.gradient_checkpointing, without, need(micro, True), free, source)
     liger, liger_reason = choose_liger(cfg.liger_kernel, device, getattr(base.config, "model_type", ""))
     steps, steps_reason = choose_logging_steps(cfg.logging_steps, hp["total_steps"])
     fast_dropout, fd_reason = lora_dropout.choose(cfg.fast_dropout, device, hp["lora_dropout"])
