@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 include build/docker.mk
 
 
-.PHONY: help setup lock test-floor test-image base-demo data train export verify register compare promote rollback publish registry-up registry-down test-system-packages versions doctor demo demo-retrieval review test lint families test-families bench bench-gpu bench-gpu-wheels bench-forgetting bench-gate clean
+.PHONY: help setup lock test-floor test-image base-demo data train export verify register compare promote rollback publish registry-up registry-down test-system-packages versions doctor demo demo-retrieval review test lint families test-families bench bench-gpu bench-gpu-wheels bench-forgetting bench-learning bench-gate clean
 
 help: ## Show this help
 	@echo "loraship: incremental LoRA versions of a local LLM, shipped to Ollama behind a gate"
@@ -185,6 +185,9 @@ test-families: families ## The every-family end-to-end and tokenizer-vector test
 
 bench-forgetting: setup ## Increment methods vs forgetting on the demo model, 3 seeds (JSON, PNG, table); ARGS=--quick for one seed
 	$(PY) -m benchmarks.bench_forgetting $(ARGS)
+
+bench-learning: setup ## What makes a version learn more of its facts: v1 variants (epochs, rank, data...) and v2, 3 seeds (JSON, table)
+	$(PY) -m benchmarks.bench_learning $(ARGS)
 
 bench-gate: setup ## The gate's false-FAIL, false-PASS and power on the demo model over 5 training seeds (JSON, table)
 	$(PY) -m benchmarks.bench_gate $(ARGS)

@@ -77,12 +77,16 @@ BASE_REPLAY, OTHER_REPLAYS = 0.2, (0.1, 0.3)
 EVAL = "greedy, 32 new tokens, training dtype"  # part of every cached cell's key
 
 
-def _inputs_sha() -> str:
+Batches = tuple[list[Path], list[Path]]  # batch 1's files (v1), batch 2's (v2)
+DEMO_DATA: Batches = ([DEMO_BATCHES[0]], [DEMO_BATCHES[1]])
+
+
+def _inputs_sha(batches: Batches = DEMO_DATA) -> str:
     """The demo config, data and questions a cell was measured on: a change invalidates the cache."""
     import hashlib
 
     h = hashlib.sha256()
-    for path in (Path("train/demo.yaml"), *DEMO_BATCHES, QUESTIONS):
+    for path in (Path("train/demo.yaml"), *batches[0], *batches[1], QUESTIONS):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -169,34 +173,40 @@ def _save(path: Path, rec: dict) -> dict:
     return rec
 
 
-def cell_spec(name: str, seed: int, replay: float | None = None, extra: dict | None = None) -> dict:
+def cell_spec(name: str, seed: int, replay: float | None = None, extra: dict | None = None,
+              batches: Batches = DEMO_DATA) -> dict:
     """What a cell ran: its cache key (a cached cell counts only while its spec is unchanged)."""
-    return {"cell": name, "seed": seed, "overrides": _overrides(seed, replay, extra), "eval": EVAL,
-            "inputs": _inputs_sha()}
+    spec = {"cell": name, "seed": seed, "overrides": _overrides(seed, replay, extra), "eval": EVAL,
+            "inputs": _inputs_sha(batches)}
+    if batches != DEMO_DATA:
+        spec["data"] = [[str(f) for f in files] for files in batches]
+    return spec
 
 
 def cell_path(cells: Path, seed: int, name: str) -> Path:
     return cells / str(seed) / f"{name.replace(' ', '_').replace('%', 'pct')}.json"
 
 
-def v1_cell(seed: int, work: Path, cells: Path, scorer: Scorer) -> dict:
-    """v1 of one seed. Every v2 cell of the seed trains from this v1's adapter, so when the adapter
-    is gone but the numbers are cached (a cleaned work folder), v1 is trained again and
-    must reproduce its cached answers exactly; if it does not, the seed's cached v2 cells were
-    measured from another v1 and are dropped, to be measured again."""
+def v1_cell(seed: int, work: Path, cells: Path, scorer: Scorer, name: str = "v1", extra: dict | None = None,
+            batches: Batches = DEMO_DATA) -> dict:
+    """v1 of one seed (`name`, `extra`, `batches`: a variant of v1's training, for bench_learning). Every v2
+    cell of the seed trains from this v1's adapter, so when the adapter is gone but the numbers
+    are cached (a cleaned work folder), v1 is trained again and must reproduce its cached
+    answers exactly; if it does not, the seed's cached v2 cells were measured from another v1
+    and are dropped, to be measured again."""
     from loraship import pipeline
     from loraship.store import versions
 
-    home = work / f"seed{seed}-v1"
-    spec = cell_spec("v1", seed)
-    path = cell_path(cells, seed, "v1")
+    path = cell_path(cells, seed, name)
+    home = work / f"seed{seed}-{path.stem}"
+    spec = cell_spec(name, seed, extra=extra, batches=batches)
     rec = _cached(path, spec)
     if rec and (home / "runs" / "demo").exists():
         return rec
     shutil.rmtree(home, ignore_errors=True)
     _prepare_home(home)
     cfg = pipeline.load_config("demo", overrides=spec["overrides"])
-    pipeline.stage_data("demo", cfg, [DEMO_BATCHES[0].resolve()])
+    pipeline.stage_data("demo", cfg, [f.resolve() for f in batches[0]])
     v1 = pipeline.stage_train("demo", cfg)
     train = versions.get("demo", v1.id).stage("train")
     fresh = {"spec": spec, "outcomes": scorer.outcomes(v1), "train_s": train["runtime_s"],
@@ -212,7 +222,10 @@ def reconcile_v1(path: Path, cached: dict, fresh: dict) -> bool:
     if fresh["outcomes"] == cached["outcomes"]:
         _say(f"seed {seed}: v1 trained again reproduces its cached answers; the seed's cached cells stand")
         return True
-    stale = sorted(p for p in path.parent.glob("*.json") if p != path)
+    # the cells trained from this v1: the plain v1's are the seed's method cells (no v1 variant's);
+    # a variant's (bench_learning) is its own "<variant> v2"
+    mine = ((lambda p: not p.stem.startswith("v1")) if path.stem == "v1" else (lambda p: p.stem == path.stem + "_v2"))
+    stale = sorted(p for p in path.parent.glob("*.json") if mine(p))
     for p in stale:
         p.unlink()
     _say(f"seed {seed}: v1 trained again answers differently from its cached record; dropping the seed's "
@@ -228,20 +241,22 @@ def _drift(v1: Path, v2: Path) -> float:
     return round(sum(float((b[k].float() - a[k].float()).pow(2).sum()) for k in a) ** 0.5, 4)
 
 
-def v2_cell(seed: int, name: str, replay: float, extra: dict, work: Path, cells: Path, scorer: Scorer) -> dict:
+def v2_cell(seed: int, name: str, replay: float | None, extra: dict, work: Path, cells: Path, scorer: Scorer,
+            parent: str = "v1", batches: Batches = DEMO_DATA) -> dict:
+    """v2 of one seed from the v1 cell `parent`, at `replay` (None: the demo config's ratio)."""
     from loraship import pipeline
     from loraship.store import versions
 
-    spec = cell_spec(name, seed, replay, extra)
+    spec = cell_spec(name, seed, replay, extra, batches)
     path = cell_path(cells, seed, name)
     if rec := _cached(path, spec):
         return rec
     home = work / f"seed{seed}-{path.stem}"
     shutil.rmtree(home, ignore_errors=True)
-    shutil.copytree(work / f"seed{seed}-v1", home)
+    shutil.copytree(work / f"seed{seed}-{cell_path(cells, seed, parent).stem}", home)
     _use_home(home)
     cfg = pipeline.load_config("demo", overrides=spec["overrides"])
-    pipeline.stage_data("demo", cfg, [DEMO_BATCHES[1].resolve()], warn=lambda s: None)
+    pipeline.stage_data("demo", cfg, [f.resolve() for f in batches[1]], warn=lambda s: None)
     v2 = versions.get("demo", pipeline.stage_train("demo", cfg).id)
     train = v2.stage("train")
     rec = {"spec": spec, "outcomes": scorer.outcomes(v2), "train_s": train["runtime_s"],

@@ -48,6 +48,9 @@ class TrainConfig:
     max_warmup_steps: int = 50
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
+    # NEFTune (Jain et al. 2023): uniform noise of scale alpha/sqrt(length*dim) on the input
+    # embeddings while training. None or 0: off.
+    neftune_noise_alpha: float | None = None
     seed: int = 42
     early_stopping_patience: int = 2
     # Keep the epoch with the lowest val loss (else the last). Off for small fact sets, where the
@@ -78,8 +81,8 @@ class TrainConfig:
 class ExportConfig:
     quants: list[str] = field(default_factory=lambda: ["Q4_K_M"])
     outtype: str = "f16"  # f16 | bf16 | f32: the GGUF that is quantized
-    max_kl: float = 1.0  # mean KL(F16 || quant) per token on the val split
-    min_top1: float = 0.60  # top-1 token agreement with F16
+    max_kl: float = 1.0  # mean KL(merged model || quant) per token on the val split (export/verify.py)
+    min_top1: float = 0.60  # top-1 token agreement with the merged model
     max_merge_logit_diff: float = 1e-3
     keep_merged: bool = False
 

@@ -144,7 +144,7 @@ def test_base_hash_is_reused_until_the_weights_change_even_with_their_mtime_put_
     cfg = pipeline.load_config("tiny")
     first = pipeline.stage_export("tiny", cfg, "v1")[1]
     assert first["merge"]["base_hash_cached"] == []
-    assert set(first["timings_s"]) == {"base_check", "load", "merge", "save", "convert", "quantize", "verify"}
+    assert set(first["timings_s"]) == {"base_check", "load", "merge", "reference", "save", "convert", "quantize", "verify"}
     again = export.export_version(cfg, versions.get("tiny", "v1"), force=True)
     weights = [f for f in again["merge"]["base_hash_cached"] if f.endswith(".safetensors")]
     assert weights
@@ -188,6 +188,30 @@ def test_failed_quality_check_blocks_unless_allowed(home):
     run("export", "-m", "tiny", "v1", "--set", "export.min_top1=1.01", "--allow-unverified")
     exp = versions.get("tiny", "v1").stage("export")
     assert exp["verified"] is False and exp["allow_unverified"] is True
+
+
+def test_quant_check_measures_the_served_file_against_the_trained_weights(exported):
+    """The recorded KL is the shipped Q4_K_M against the merged (trained) model itself: the same
+    number comes back from the merged weights, and a GGUF judged against other weights (the
+    base without the adapter) is farther off."""
+    import torch
+
+    from loraship.base import model as base_model
+    from loraship.export.merge import merge_chain
+
+    v = versions.get("tiny", "v1")
+    exp = v.stage("export")
+    gguf = v.path / exp["ggufs"]["Q4_K_M"]
+    base = v.stage("train")["base"]["path"]
+    tok = base_model.load_tokenizer(base)
+    _, texts = export._val_texts(v, tok)
+    merged, _ = merge_chain(base_model.load_model(base, torch.float32), tok, [v.path / paths.ADAPTER_DIR], 1e-3)
+    trained = verify.quant_quality(gguf, verify.reference_logprobs(merged, tok, texts))
+    other = verify.quant_quality(gguf, verify.reference_logprobs(base_model.load_model(base, torch.float32), tok, texts))
+    recorded = exp["checks"]["quant"]["Q4_K_M"]
+    assert recorded["reference"] == "merged model" and recorded["tokens"] == trained["tokens"] > 0
+    assert trained["mean_kl"] == pytest.approx(recorded["mean_kl"], rel=1e-3, abs=1e-6)
+    assert other["mean_kl"] > 2 * trained["mean_kl"]
 
 
 def test_lora_gguf_export(home):

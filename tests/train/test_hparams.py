@@ -59,3 +59,23 @@ def test_every_value_is_overridable_and_marked_as_set():
     assert (hp["lora_r"], hp["lora_alpha"], hp["num_train_epochs"], hp["learning_rate"], hp["max_seq_length"],
             hp["per_device_train_batch_size"], hp["gradient_accumulation_steps"]) == (4, 4, 1, 5e-5, 64, 2, 3)
     assert why["learning_rate"] == "set in config or on the command line"
+
+
+def test_neftune_noise_is_off_unless_set_and_reaches_the_trainer():
+    from types import SimpleNamespace
+
+    from loraship.config import Config
+    from loraship.errors import ConfigError
+    from loraship.train.arguments import training_arguments
+
+    hp, _ = choose(TrainConfig(), 50, is_increment=False, device="cpu")
+    assert hp["neftune_noise_alpha"] is None
+    hp, why = choose(TrainConfig(neftune_noise_alpha=5.0), 50, is_increment=False, device="cpu")
+    assert hp["neftune_noise_alpha"] == 5.0 and why["neftune_noise_alpha"] == "config"
+    dev = SimpleNamespace(dtype="float32", device="cpu")
+    fast = SimpleNamespace(micro_batch=4, accumulation=2, checkpointing=SimpleNamespace(enabled=False),
+                           training_arguments=lambda: {})
+    args = training_arguments(Config(), dev, hp, fast, "/tmp/unused-ckpt", has_val=False)
+    assert args.neftune_noise_alpha == 5.0
+    with pytest.raises(ConfigError, match="neftune_noise_alpha"):
+        choose(TrainConfig(neftune_noise_alpha=-1.0), 50, is_increment=False, device="cpu")

@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from loraship import paths
 from loraship.base import model as base_model
@@ -31,7 +31,22 @@ def _adapters(version: Version, train: dict) -> list[Path]:
     return [get(version.model, vid).path / paths.ADAPTER_DIR for vid in train["adapter_chain"]]
 
 
-def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log, timings: dict[str, float]) -> dict[str, Any]:
+def _val_texts(version: Version, tok: Any) -> tuple[list[dict], list[str]]:
+    """The val split's rows (a version without one: its final training mix) and the first 16
+    rendered by the chat template: what the quantization check measures."""
+    val = data.load_rows(version.path / paths.DATA_DIR / "val.jsonl") or data.load_rows(
+        version.path / paths.DATA_DIR / "incremental_replay_final.jsonl")
+    return val, [tok.apply_chat_template(r["messages"], tokenize=False) for r in val[:16]]
+
+
+class Merged(NamedTuple):
+    check: dict[str, Any]  # the merge's logit check, for the manifest
+    reference: list[tuple]  # the merged model's log-probabilities on the val texts (verify.reference_logprobs)
+    tokenizer: Any  # the base's tokenizer, which training used and the GGUF must reproduce
+
+
+def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log, timings: dict[str, float]) -> Merged:
+    """Merge, check, save; the reference log-probabilities are taken before the model is freed."""
     import torch
 
     from loraship.export.merge import merge_chain
@@ -56,6 +71,9 @@ def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log, timi
     model, check = merge_chain(model, tok, _adapters(version, train), tol, log)
     t2 = time.time()
     timings["load"], timings["merge"] = round(t1 - t0 - timings["base_check"], 2), round(t2 - t1, 2)
+    reference = verify.reference_logprobs(model, tok, _val_texts(version, tok)[1])
+    timings["reference"] = round(time.time() - t2, 2)
+    t2 = time.time()
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     for name in base_model.TOKENIZER_EXTRAS:  # Phi-3's converter refuses to run without tokenizer.model
@@ -65,7 +83,7 @@ def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log, timi
     check["dtype"] = dtype
     check["qlora_merged_onto_16bit"] = bool(train["device"].get("load_in_4bit"))
     check["base_hash_cached"] = cached  # weight files whose digest came from store/hash_cache.py
-    return check
+    return Merged(check, reference, tok)
 
 
 def _gguf_metadata(version: Version, train: dict, cfg: Config) -> dict[str, Any]:
@@ -114,11 +132,11 @@ def export_version(
 
 def _build(cfg: Config, version: Version, train: dict, quants: list[str], work: Path, log: Log) -> dict:
     """Every step, timed on its own: `timings_s` splits the export (base_check, load, merge
-    with its logit check, save, convert, quantize, verify)."""
+    with its logit check, reference log-probabilities, save, convert, quantize, verify)."""
     merged = work / MERGED_DIR
     timings: dict[str, float] = {}
     log("merging adapter chain into the base")
-    merge_check = _merge(cfg, version, train, merged, log, timings)
+    merge = _merge(cfg, version, train, merged, log, timings)
     ref_name = paths.gguf_name(version.model, version.id, cfg.export.outtype.upper())
     gguf_dir = work / paths.GGUF_DIR
     gguf_dir.mkdir()
@@ -140,10 +158,10 @@ def _build(cfg: Config, version: Version, train: dict, quants: list[str], work: 
         outputs[q.upper()] = name
     timings["quantize"] = round(time.time() - t0, 2)
     t0 = time.time()
-    checks = _verify(merged, gguf_dir, ref_name, outputs, version, log)
+    checks = _verify(merge, gguf_dir, outputs, version, log)
     timings["verify"] = round(time.time() - t0, 2)
     return {
-        "merge": merge_check,
+        "merge": merge.check,
         "reference_gguf": f"{paths.GGUF_DIR}/{ref_name}",
         "ggufs": {q: f"{paths.GGUF_DIR}/{n}" for q, n in outputs.items()},
         "checks": checks,
@@ -168,13 +186,9 @@ def _lora_gguf(version: Version, train: dict, work: Path, log: Log) -> str:
     return f"{paths.GGUF_DIR}/{name}"
 
 
-def _verify(merged: Path, gguf_dir: Path, ref_name: str, outputs: dict, version: Version, log: Log) -> dict:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(merged, local_files_only=True)
-    val = data.load_rows(version.path / paths.DATA_DIR / "val.jsonl") or data.load_rows(
-        version.path / paths.DATA_DIR / "incremental_replay_final.jsonl")
-    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in val[:16]]
+def _verify(merge: Merged, gguf_dir: Path, outputs: dict, version: Version, log: Log) -> dict:
+    tok = merge.tokenizer
+    val, _ = _val_texts(version, tok)
     first = gguf_dir / next(iter(outputs.values()))
     log("verifying tokenizer parity, chat template and quantization quality")
     meta = gguf_tools.describe(first)
@@ -184,7 +198,7 @@ def _verify(merged: Path, gguf_dir: Path, ref_name: str, outputs: dict, version:
         "quant": {},
     }
     for q, name in outputs.items():
-        qq = verify.quant_quality(gguf_dir / ref_name, gguf_dir / name, texts)
+        qq = verify.quant_quality(gguf_dir / name, merge.reference)
         info = gguf_tools.describe(gguf_dir / name)
         qq["type_mix"], qq["file_type"] = info["type_mix"], info["file_type"]
         checks["quant"][q] = qq

@@ -21,6 +21,7 @@ PROBE_TEXTS = [
     "  leading spaces and\ttabs\n\nnewlines  ",
     "Numbers: 3.14159, 2026-11-22, 1e-4, 0x1F",
 ]
+MAX_TOKENS = 512  # per val text in the quantization check
 PROBE_CONVERSATION = [
     {"role": "system", "content": "You are a careful assistant."},
     {"role": "user", "content": "Name one mineral."},
@@ -73,33 +74,63 @@ def template_roundtrip(tok: Any, gguf_meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _log_softmax(logits):
+    """Row-wise log-softmax of float32 logits (numpy), the normaliser summed in float64: a
+    vocabulary-wide softmax per token in float64 was most of the check's time, for KLs
+    reported to three digits."""
+    import numpy as np
+
+    logits = logits - logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
+
+
+def reference_logprobs(model: Any, tok: Any, texts: list[str], max_tokens: int = MAX_TOKENS) -> list[tuple]:
+    """(token ids, per-position log-probabilities) of each text under the merged model itself.
+
+    Computed while the merged model is still loaded, before conversion: the quantized GGUF is
+    then measured against the very weights that were trained (so a conversion fault counts
+    too), and no F16 GGUF has to be loaded and run a second time. Ids come from the HF
+    tokenizer without added specials (the chat template renders its own BOS), and the GGUF
+    is fed the same ids; tokenizer_parity checks separately that llama.cpp would produce them.
+    One text per forward pass, so memory stays one text's logits whatever the vocabulary."""
+    import numpy as np
+    import torch
+
+    out = []
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
+        if len(ids) < 2:
+            continue
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
+        out.append((ids, _log_softmax(logits.float().cpu().numpy().astype(np.float32, copy=False))))
+    return out
+
+
 def _logprobs(llm: Any, tokens: list[int]):
     import numpy as np
 
     llm.reset()
     llm.eval(tokens)
-    # float32, as llama.cpp computes the logits: a vocabulary-wide softmax per token in float64
-    # was most of the check's time, for KLs reported to three digits.
-    logits = np.array(llm.scores[: len(tokens)], dtype=np.float32)
-    logits -= logits.max(axis=1, keepdims=True)
-    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    return _log_softmax(np.array(llm.scores[: len(tokens)], dtype=np.float32))
 
 
-def quant_quality(ref_gguf: Path, quant_gguf: Path, texts: list[str], n_ctx: int = 512) -> dict[str, Any]:
-    """llama.cpp's own method: KL(ref || quant) per token, top-1 agreement, and perplexity of both."""
+def quant_quality(quant_gguf: Path, reference: list[tuple]) -> dict[str, Any]:
+    """llama.cpp's method (KL per token, top-1 agreement, perplexity of both) with the merged
+    model's own log-probabilities (reference_logprobs) as the reference side."""
     import numpy as np
 
+    if not reference:
+        raise ExportError("no text to measure quantization quality on (the val split is empty)")
     llama_cpp = llama_runtime.llama_cpp()
-
-    ref = llama_cpp.Llama(model_path=str(ref_gguf), n_ctx=n_ctx, logits_all=True, verbose=False)
+    # A context just long enough for the longest text: llama-cpp-python keeps an n_ctx x vocab
+    # logits buffer, which at a fixed 512 cost more than evaluating a short val split.
+    n_ctx = -(-max(len(ids) for ids, _ in reference) // 64) * 64
     qnt = llama_cpp.Llama(model_path=str(quant_gguf), n_ctx=n_ctx, logits_all=True, verbose=False)
     try:
         kls, agree, nll_ref, nll_q, n = [], 0, 0.0, 0.0, 0
-        for text in texts:
-            tokens = ref.tokenize(text.encode("utf-8"), add_bos=True, special=True)[:n_ctx]
-            if len(tokens) < 2:
-                continue
-            lp_r, lp_q = _logprobs(ref, tokens), _logprobs(qnt, tokens)
+        for tokens, lp_r in reference:
+            lp_q = _logprobs(qnt, tokens)
             p_r = np.exp(lp_r[:-1])
             kls.extend((p_r * (lp_r[:-1] - lp_q[:-1])).sum(axis=1).tolist())
             agree += int((lp_r[:-1].argmax(1) == lp_q[:-1].argmax(1)).sum())
@@ -108,11 +139,9 @@ def quant_quality(ref_gguf: Path, quant_gguf: Path, texts: list[str], n_ctx: int
             nll_q -= float(lp_q[np.arange(len(nxt)), nxt].sum())
             n += len(nxt)
     finally:
-        ref.close()
         qnt.close()
-    if n == 0:
-        raise ExportError("no text to measure quantization quality on (the val split is empty)")
     return {
+        "reference": "merged model",
         "tokens": n,
         "mean_kl": float(np.mean(kls)),
         "max_kl": float(np.max(kls)),

@@ -36,6 +36,7 @@ def training_arguments(cfg: Config, dev: Any, hp: dict[str, Any], fast: Any, ckp
         lr_scheduler_type=hp["lr_scheduler_type"],
         warmup_steps=hp["warmup_steps"],
         weight_decay=hp["weight_decay"],
+        neftune_noise_alpha=hp.get("neftune_noise_alpha") or None,
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch",
         save_total_limit=2,

@@ -102,7 +102,10 @@ def choose(
     total = steps_per_epoch * values["num_train_epochs"]
     values["warmup_steps"] = min(cfg.max_warmup_steps, math.ceil(cfg.warmup_ratio * total))
     reasons["warmup_steps"] = f"{cfg.warmup_ratio:.0%} of {total} steps, capped at {cfg.max_warmup_steps}"
-    for name in ("lora_dropout", "warmup_ratio", "lr_scheduler_type", "weight_decay", "seed"):
+    if cfg.neftune_noise_alpha is not None and cfg.neftune_noise_alpha < 0:
+        raise ConfigError(f"config key 'train.neftune_noise_alpha' must be >= 0 (0 turns it off), "
+                          f"got {cfg.neftune_noise_alpha}")
+    for name in ("lora_dropout", "warmup_ratio", "lr_scheduler_type", "weight_decay", "neftune_noise_alpha", "seed"):
         values[name] = getattr(cfg, name)
         reasons.setdefault(name, "config")
     values["total_steps"] = total
