@@ -11,7 +11,7 @@ variant's overrides kept) and scored on old facts (kept) and new ones (learned).
 The goal (issue 20): v1 answers at least 75% of its facts; v2 gains at least 70 points of
 new facts over the base and keeps at least 90% of v1's old ones, both at the lower bound
 of the interval. Intervals are the gate's (forgetting_stats): per question the mean over
-seeds, paired comparisons against the shipped config on the same seeds and questions.
+seeds, paired comparisons against the baseline on the same seeds and questions.
 Cells are cached in <out>/forgetting-cells/ (keyed by what they ran), so a killed run resumes.
 """
 
@@ -28,30 +28,31 @@ from benchmarks.forgetting_stats import _change, _level, _retention, _scores
 GOAL_V1 = 75.0  # % of v1's own facts
 GOAL_V2_GAIN = 70.0  # points of new facts over the base
 GOAL_V2_RETENTION = 90.0  # % of v1's old-fact accuracy
-SHIPPED = "shipped"
-# Each variant changes one thing of the demo's training (train/demo.yaml: 6 epochs at 2e-3,
-# batch 4, rank 8 on every projection, cosine schedule, answer-only loss).
+BASELINE = "baseline"
+# The baseline is train/demo.yaml (6 epochs at 2e-3, batch 4, rank 8 on every projection,
+# cosine schedule, answer-only loss) on the demo's original rows (2-3 per fact); each variant
+# changes one thing of it (two at most, named by both).
 VARIANTS: dict[str, dict] = {
-    SHIPPED: {},
+    BASELINE: {},
     "10 epochs": {"train.num_train_epochs": 10},
     "rank 32": {"train.lora_r": 32, "train.lora_alpha": 64},
     "batch 2": {"train.per_device_train_batch_size": 2},
     "neftune 5": {"train.neftune_noise_alpha": 5.0},
     "constant lr": {"train.lr_scheduler_type": "constant_with_warmup"},
     "paraphrases": {},
-    "rank 32, 10 epochs": {"train.lora_r": 32, "train.lora_alpha": 64, "train.num_train_epochs": 10},
-    "rank 32, paraphrases": {"train.lora_r": 32, "train.lora_alpha": 64},
+    "rank 32 + 10 epochs": {"train.lora_r": 32, "train.lora_alpha": 64, "train.num_train_epochs": 10},
+    "rank 32 + paraphrases": {"train.lora_r": 32, "train.lora_alpha": 64},
 }
 # Variants that change the data: two more rows per fact (other wordings, both directions of
 # "mineral X is mined at site Y"), in files of their own beside each batch.
 PARAPHRASES = (Path("train/data/demo_batch1_paraphrases.jsonl"), Path("train/data/demo_batch2_paraphrases.jsonl"))
 WITH_PARAPHRASES: bf.Batches = ([bf.DEMO_BATCHES[0], PARAPHRASES[0]], [bf.DEMO_BATCHES[1], PARAPHRASES[1]])
-DATA: dict[str, bf.Batches] = {"paraphrases": WITH_PARAPHRASES, "rank 32, paraphrases": WITH_PARAPHRASES}
+DATA: dict[str, bf.Batches] = {"paraphrases": WITH_PARAPHRASES, "rank 32 + paraphrases": WITH_PARAPHRASES}
 
 
 def v1_name(variant: str) -> str:
-    """The variant's v1 cell; the shipped one is bench_forgetting's own "v1" (shares its cache)."""
-    return "v1" if variant == SHIPPED else f"v1 {variant}"
+    """The variant's v1 cell; the baseline's is bench_forgetting's own "v1" (shares its cache)."""
+    return "v1" if variant == BASELINE else f"v1 {variant}"
 
 
 def run(seeds: list[int], variants: list[str], v2: list[str], out: Path) -> list[dict]:
@@ -82,7 +83,7 @@ def _mean_train_s(records: list[dict], cell: str) -> float:
 
 def summarise(records: list[dict], sides: dict[str, str], seeds: list[int], variants: list[str],
               v2: list[str]) -> list[dict]:
-    """Per variant: v1's own-fact accuracy (and against the shipped v1, paired); with v2, its
+    """Per variant: v1's own-fact accuracy (and against the baseline's v1, paired); with v2, its
     new-fact gain over the base and retention of its v1's old facts, and the goals met."""
     ids = {k: [q for q, s in sides.items() if s == k] for k in ("old", "new")}
     n = len(seeds)
@@ -90,7 +91,7 @@ def summarise(records: list[dict], sides: dict[str, str], seeds: list[int], vari
     def scores(cell: str, side: str):
         return _scores(records, cell, seeds, ids[side])
 
-    shipped_old = scores(v1_name(SHIPPED), "old") if SHIPPED in variants else None
+    baseline_old = scores(v1_name(BASELINE), "old") if BASELINE in variants else None
     rows = []
     for variant in variants:
         cell = v1_name(variant)
@@ -98,8 +99,8 @@ def summarise(records: list[dict], sides: dict[str, str], seeds: list[int], vari
         row = {"variant": variant, "overrides": VARIANTS[variant], "seeds": n,
                "v1_old": _level(v1_old), "v1_train_s": _mean_train_s(records, cell)}
         row["v1_goal_met_at_lower_bound"] = row["v1_old"]["lo"] >= GOAL_V1
-        if shipped_old is not None and variant != SHIPPED:
-            row["v1_old_vs_shipped"] = _change(shipped_old, v1_old, n)
+        if baseline_old is not None and variant != BASELINE:
+            row["v1_old_vs_baseline"] = _change(baseline_old, v1_old, n)
         if variant in v2:
             name = f"{cell} v2"
             old, new = scores(name, "old"), scores(name, "new")
@@ -116,21 +117,21 @@ def _fmt(iv: dict | None, sign: str = "") -> str:
 
 
 def table(rows: list[dict], n_seeds: int) -> str:
-    lines = [f"| variant ({n_seeds} seeds) | v1: own facts (35), % | v1 vs shipped, points | v1 train s "
+    lines = [f"| variant ({n_seeds} seeds) | v1: own facts (35), % | v1 vs baseline, points | v1 train s "
              f"| v2: new gain over base, points | v2: retention of v1's old, % | v2 train s | goals at lower bound |",
              "|---|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in rows:
         goals = "v1 " + ("yes" if r["v1_goal_met_at_lower_bound"] else "no")
         if "v2_gain" in r:
             goals += ", v2 " + ("yes" if r["v2_goal_met_at_lower_bound"] else "no")
-        lines.append(f"| {r['variant']} | {_fmt(r['v1_old'])} | {_fmt(r.get('v1_old_vs_shipped'), '+')} "
+        lines.append(f"| {r['variant']} | {_fmt(r['v1_old'])} | {_fmt(r.get('v1_old_vs_baseline'), '+')} "
                      f"| {r['v1_train_s']:.0f} | {_fmt(r.get('v2_gain'), '+')} | {_fmt(r.get('v2_retention'))} "
                      f"| {'-' if 'v2_train_s' not in r else format(r['v2_train_s'], '.0f')} | {goals} |")
     return "\n".join(lines)
 
 
 def _names(arg: str, flag: str) -> list[str]:
-    names = [v.strip() for v in arg.split(",") if v.strip()]
+    names = list(dict.fromkeys(v.strip() for v in arg.split(",") if v.strip()))
     if unknown := [v for v in names if v not in VARIANTS]:
         sys.exit(f"{flag}: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     return names
@@ -140,7 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="training seeds (default 3, the forgetting benchmark's)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
-    ap.add_argument("--v2", default=SHIPPED, help="variants whose v1 also gets a v2 (comma-separated; default shipped)")
+    ap.add_argument("--v2", default=BASELINE, help="variants whose v1 also gets a v2 (comma-separated; default baseline)")
     ap.add_argument("--out", type=Path, default=Path("bench-results/learning"))
     ap.add_argument("--docs", action="store_true", help="copy learning.json into docs/ and replace the table in "
                     "docs/benchmarks.md")

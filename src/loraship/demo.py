@@ -15,7 +15,13 @@ from datetime import datetime
 from pathlib import Path
 
 MODEL = "demo"
-BATCHES = (Path("train/data/demo_batch1.jsonl"), Path("train/data/demo_batch2.jsonl"))
+# Each version's rows: the batch, and two more wordings of each of its facts (both directions
+# of "mineral X is mined at site Y"). Measured by `make bench-learning` (docs/benchmarks.md):
+# v1 answered 56% of its facts from the batch alone, 85% with the paraphrases.
+BATCHES = (
+    [Path("train/data/demo_batch1.jsonl"), Path("train/data/demo_batch1_paraphrases.jsonl")],
+    [Path("train/data/demo_batch2.jsonl"), Path("train/data/demo_batch2_paraphrases.jsonl")],
+)
 
 
 def _say(msg: str) -> None:
@@ -47,11 +53,11 @@ def _ollama_answers(host: str) -> bool:
         return False
 
 
-def _data(cfg, batch: Path) -> None:
+def _data(cfg, files: list[Path]) -> None:
     from loraship import pipeline
     from loraship.data import prepare as data
 
-    version = pipeline.stage_data(MODEL, cfg, [batch], warn=_say)
+    version = pipeline.stage_data(MODEL, cfg, files, warn=_say)
     for line in data.summary_lines(version.stage("data")):
         _say(f"   {line}")
 

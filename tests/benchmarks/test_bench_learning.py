@@ -1,4 +1,4 @@
-"""`make bench-learning`'s statistics on constructed cells: each v1 variant against the shipped
+"""`make bench-learning`'s statistics on constructed cells: each v1 variant against the baseline
 one, and a variant's v2 against the issue's goals, with every estimate inside its interval."""
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ def _records(v2_old_right: int) -> list[dict]:
     return cells
 
 
-def test_a_variant_that_learns_more_is_shown_against_the_shipped_v1():
-    rows = bl.summarise(_records(19), SIDES, SEEDS, ["shipped", "10 epochs"], ["10 epochs"])
-    shipped, more = rows
-    assert shipped["v1_old"]["mean"] == 60.0 and "v1_old_vs_shipped" not in shipped
+def test_a_variant_that_learns_more_is_shown_against_the_baseline_v1():
+    rows = bl.summarise(_records(19), SIDES, SEEDS, ["baseline", "10 epochs"], ["10 epochs"])
+    baseline, more = rows
+    assert baseline["v1_old"]["mean"] == 60.0 and "v1_old_vs_baseline" not in baseline
     assert more["v1_old"]["mean"] == 95.0 and more["v1_train_s"] == 20.0
-    gain = more["v1_old_vs_shipped"]
+    gain = more["v1_old_vs_baseline"]
     assert gain["mean"] == 35.0 and 0 < gain["lo"] <= 35.0 <= gain["hi"]
     assert more["v1_goal_met_at_lower_bound"] is (more["v1_old"]["lo"] >= bl.GOAL_V1)
     assert more["v2_gain"]["mean"] == 95.0 and more["v2_retention"]["mean"] == 100.0
@@ -49,5 +49,5 @@ def test_v2_meets_its_goal_only_when_it_keeps_ninety_percent_at_the_lower_bound(
 
 
 def test_unknown_variants_are_refused_with_the_known_ones():
-    with pytest.raises(SystemExit, match="unknown variant.*known: shipped"):
-        bl._names("shipped,warp speed", "--variants")
+    with pytest.raises(SystemExit, match="unknown variant.*known: baseline"):
+        bl._names("baseline,warp speed", "--variants")

@@ -8,18 +8,19 @@ question asks for was in the training split of the right batch: "old" facts in v
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from loraship import config as config_mod
+from loraship import demo
 from loraship.data.prepare import EarlierVersion, load_rows, prepare
 from loraship.evaluate.compare import load_questions
 from loraship.evaluate.scoring import content_tokens, fact_found, tokens
 
 REPO = Path(__file__).resolve().parents[2]
-BATCH1 = REPO / "train" / "data" / "demo_batch1.jsonl"
-BATCH2 = REPO / "train" / "data" / "demo_batch2.jsonl"
+BATCH1, BATCH2 = ([REPO / f for f in files] for files in demo.BATCHES)  # what `make demo` trains on
 QUESTIONS = REPO / "ollama" / "questions" / "demo.yaml"
 CONFIG = REPO / "train" / "demo.yaml"
 TOPICS = {"v1": {"minerals", "sites"}, "v2": {"survey-methods", "history"}}
@@ -30,8 +31,8 @@ def prepared(tmp_path_factory):
     """v1 from batch 1, then v2 from batch 2 on top of it, with the demo model's own data config."""
     cfg = config_mod.load(CONFIG).data
     root = tmp_path_factory.mktemp("demo-data")
-    v1 = prepare([BATCH1], [], cfg, root / "v1", version_id="v1", strict=True)
-    v2 = prepare([BATCH2], [EarlierVersion("v1", root / "v1", True)], cfg, root / "v2",
+    v1 = prepare(BATCH1, [], cfg, root / "v1", version_id="v1", strict=True)
+    v2 = prepare(BATCH2, [EarlierVersion("v1", root / "v1", True)], cfg, root / "v2",
                  version_id="v2", strict=True)
     return {"v1": (v1, root / "v1"), "v2": (v2, root / "v2")}
 
@@ -69,7 +70,7 @@ def test_batches_are_clean_and_sized(prepared, version, prefix):
     c = summary["counts"]
     assert c["invalid"] == 0
     assert c["duplicates_in_new"] == c["duplicates_vs_earlier"] == c["leaked_test_rows_dropped"] == 0
-    assert 50 <= c["new_kept"] <= 70
+    assert 110 <= c["new_kept"] <= 140  # 2-3 rows per fact in the batch, 2 more in its paraphrases
     new_topics = {t["topic"] for t in summary["per_topic"] if t["train"] + t["val"] + t["test"]}
     assert new_topics == TOPICS[version]
     assert all(t["train"] and t["test"] for t in summary["per_topic"] if t["topic"] in TOPICS[version])
@@ -128,3 +129,32 @@ def test_config_points_at_the_demo_files():
     assert cfg.export.quants == ["Q4_K_M"]
     assert cfg.ollama.system and "Varnholt Basin" in cfg.ollama.system
     assert CONFIG.read_text(encoding="utf-8").startswith("# make demo")
+
+
+def test_every_fixed_fact_is_stated_by_several_rows_in_more_than_one_wording():
+    """A fact stated once can land wholly in val or test, and a 135M model learns a fact from
+    one wording only for that wording (bench-learning: 56% of v1's facts from 2-3 rows a fact,
+    85% with the paraphrases). So each fact has at least 3 rows naming its subject, asked in
+    at least 3 different questions."""
+    problems = []
+    for q in load_questions(QUESTIONS):
+        about = subject(q.question)
+        files = BATCH1 if q.knowledge == "old" else BATCH2
+        stating = [r for f in files for r in map(json.loads, f.read_text(encoding="utf-8").splitlines())
+                   if all(fact_found(fact, tokens(answer_text(r))) for fact in q.facts)
+                   and about <= set(tokens(question_text(r) + " " + answer_text(r)))]
+        if len(stating) < 3 or len({question_text(r).lower() for r in stating}) < 3:
+            problems.append(f"{q.id}: {len(stating)} rows state {q.facts} about {sorted(about)}")
+    assert not problems, problems
+
+
+def question_text(row: dict) -> str:
+    if "messages" in row:
+        return " ".join(m["content"] for m in row["messages"] if m["role"] == "user")
+    return row.get("question") or f"{row.get('instruction', '')} {row.get('input', '')}"
+
+
+def answer_text(row: dict) -> str:
+    if "messages" in row:
+        return " ".join(m["content"] for m in row["messages"] if m["role"] == "assistant")
+    return row.get("answer") or row.get("output", "")

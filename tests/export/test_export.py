@@ -206,8 +206,16 @@ def test_quant_check_measures_the_served_file_against_the_trained_weights(export
     tok = base_model.load_tokenizer(base)
     _, texts = export._val_texts(v, tok)
     merged, _ = merge_chain(base_model.load_model(base, torch.float32), tok, [v.path / paths.ADAPTER_DIR], 1e-3)
-    trained = verify.quant_quality(gguf, verify.reference_logprobs(merged, tok, texts))
-    other = verify.quant_quality(gguf, verify.reference_logprobs(base_model.load_model(base, torch.float32), tok, texts))
+
+    def quality(model):
+        reference = verify.reference_logprobs(model, tok, texts)
+        qnt = verify.open_quant(gguf, reference)
+        try:
+            return verify.quant_quality(qnt, reference)
+        finally:
+            qnt.close()
+
+    trained, other = quality(merged), quality(base_model.load_model(base, torch.float32))
     recorded = exp["checks"]["quant"]["Q4_K_M"]
     assert recorded["reference"] == "merged model" and recorded["tokens"] == trained["tokens"] > 0
     assert trained["mean_kl"] == pytest.approx(recorded["mean_kl"], rel=1e-3, abs=1e-6)

@@ -189,17 +189,20 @@ def _lora_gguf(version: Version, train: dict, work: Path, log: Log) -> str:
 def _verify(merge: Merged, gguf_dir: Path, outputs: dict, version: Version, log: Log) -> dict:
     tok = merge.tokenizer
     val, _ = _val_texts(version, tok)
-    first = gguf_dir / next(iter(outputs.values()))
     log("verifying tokenizer parity, chat template and quantization quality")
-    meta = gguf_tools.describe(first)
-    checks = {
-        "tokenizer_parity": verify.tokenizer_parity(tok, first, [r["messages"][-1]["content"] for r in val[:8]]),
-        "template": verify.template_roundtrip(tok, meta),
-        "quant": {},
-    }
-    for q, name in outputs.items():
-        qq = verify.quant_quality(gguf_dir / name, merge.reference)
+    checks: dict[str, Any] = {"quant": {}}
+    for i, (q, name) in enumerate(outputs.items()):
+        qnt = verify.open_quant(gguf_dir / name, merge.reference)
+        try:
+            if i == 0:  # the tokenizer is the same in every quant: checked once, on the open model
+                checks["tokenizer_parity"] = verify.tokenizer_parity(
+                    tok, gguf_dir / name, [r["messages"][-1]["content"] for r in val[:8]], llm=qnt)
+            qq = verify.quant_quality(qnt, merge.reference)
+        finally:
+            qnt.close()
         info = gguf_tools.describe(gguf_dir / name)
+        if i == 0:
+            checks["template"] = verify.template_roundtrip(tok, info)
         qq["type_mix"], qq["file_type"] = info["type_mix"], info["file_type"]
         checks["quant"][q] = qq
     return checks

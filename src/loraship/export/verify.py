@@ -22,6 +22,7 @@ PROBE_TEXTS = [
     "Numbers: 3.14159, 2026-11-22, 1e-4, 0x1F",
 ]
 MAX_TOKENS = 512  # per val text in the quantization check
+LOGITS_BYTES = 256 << 20  # float32 logits per forward pass of the reference (a 152k vocabulary: ~440 tokens)
 PROBE_CONVERSATION = [
     {"role": "system", "content": "You are a careful assistant."},
     {"role": "user", "content": "Name one mineral."},
@@ -38,11 +39,12 @@ def _special_probes(tok: Any) -> list[str]:
     return [f"{a}user\nhi{b}" for a, b in zip(specials + template_markers, reversed(specials + template_markers))]
 
 
-def tokenizer_parity(tok: Any, gguf_path: Path, extra_texts: list[str]) -> dict[str, Any]:
-    """HF tokenizer and the GGUF's tokenizer give the same ids on every probe."""
-    llama_cpp = llama_runtime.llama_cpp()
-
-    llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+def tokenizer_parity(tok: Any, gguf_path: Path, extra_texts: list[str], llm: Any = None) -> dict[str, Any]:
+    """HF tokenizer and the GGUF's tokenizer give the same ids on every probe (`llm`: the
+    GGUF already open in llama.cpp, else its vocabulary alone is loaded)."""
+    own = llm is None
+    if own:
+        llm = llama_runtime.llama_cpp().Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     try:
         mismatches = []
         probes = PROBE_TEXTS + _special_probes(tok) + extra_texts
@@ -52,7 +54,8 @@ def tokenizer_parity(tok: Any, gguf_path: Path, extra_texts: list[str]) -> dict[
             if list(hf) != list(gg):
                 mismatches.append({"text": text[:80], "hf": hf[:20], "gguf": gg[:20]})
     finally:
-        llm.close()
+        if own:
+            llm.close()
     return {"passed": not mismatches, "probes": len(probes), "mismatches": mismatches[:5]}
 
 
@@ -84,7 +87,20 @@ def _log_softmax(logits):
     return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
 
 
-def reference_logprobs(model: Any, tok: Any, texts: list[str], max_tokens: int = MAX_TOKENS) -> list[tuple]:
+def _batches(rows: list[list[int]], budget: int) -> list[list[int]]:
+    """Indices of `rows` grouped so that each group's padded size (rows x longest) stays
+    within `budget` tokens; a row longer than the budget goes alone."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(rows)), key=lambda i: len(rows[i])):
+        if groups and (len(groups[-1]) + 1) * len(rows[i]) <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def reference_logprobs(model: Any, tok: Any, texts: list[str], max_tokens: int = MAX_TOKENS,
+                       logits_bytes: int = LOGITS_BYTES) -> list[tuple]:
     """(token ids, per-position log-probabilities) of each text under the merged model itself.
 
     Computed while the merged model is still loaded, before conversion: the quantized GGUF is
@@ -92,18 +108,23 @@ def reference_logprobs(model: Any, tok: Any, texts: list[str], max_tokens: int =
     too), and no F16 GGUF has to be loaded and run a second time. Ids come from the HF
     tokenizer without added specials (the chat template renders its own BOS), and the GGUF
     is fed the same ids; tokenizer_parity checks separately that llama.cpp would produce them.
-    One text per forward pass, so memory stays one text's logits whatever the vocabulary."""
+    Texts go through in right-padded batches (a causal model's real positions never see the
+    padding after them) of at most `logits_bytes` of float32 logits, whatever the vocabulary."""
     import numpy as np
     import torch
 
-    out = []
-    for text in texts:
-        ids = tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
-        if len(ids) < 2:
-            continue
+    rows = [ids for ids in (tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts) if len(ids) >= 2]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out: list[tuple | None] = [None] * len(rows)
+    for group in _batches(rows, max(1, logits_bytes // (4 * vocab))):
+        width = max(len(rows[i]) for i in group)
+        ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in group], device=model.device)
+        mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in group], device=model.device)
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
-        out.append((ids, _log_softmax(logits.float().cpu().numpy().astype(np.float32, copy=False))))
+            logits = model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
+        for row, i in enumerate(group):
+            out[i] = (rows[i], _log_softmax(logits[row, :len(rows[i])].astype(np.float32, copy=False)))
     return out
 
 
@@ -115,31 +136,32 @@ def _logprobs(llm: Any, tokens: list[int]):
     return _log_softmax(np.array(llm.scores[: len(tokens)], dtype=np.float32))
 
 
-def quant_quality(quant_gguf: Path, reference: list[tuple]) -> dict[str, Any]:
-    """llama.cpp's method (KL per token, top-1 agreement, perplexity of both) with the merged
-    model's own log-probabilities (reference_logprobs) as the reference side."""
-    import numpy as np
-
+def open_quant(quant_gguf: Path, reference: list[tuple]) -> Any:
+    """The quantized GGUF in llama.cpp with every position's logits, its context just long
+    enough for the longest reference text: llama-cpp-python keeps an n_ctx x vocabulary
+    logits buffer, which at a fixed 512 cost more than evaluating a short val split."""
     if not reference:
         raise ExportError("no text to measure quantization quality on (the val split is empty)")
-    llama_cpp = llama_runtime.llama_cpp()
-    # A context just long enough for the longest text: llama-cpp-python keeps an n_ctx x vocab
-    # logits buffer, which at a fixed 512 cost more than evaluating a short val split.
     n_ctx = -(-max(len(ids) for ids, _ in reference) // 64) * 64
-    qnt = llama_cpp.Llama(model_path=str(quant_gguf), n_ctx=n_ctx, logits_all=True, verbose=False)
-    try:
-        kls, agree, nll_ref, nll_q, n = [], 0, 0.0, 0.0, 0
-        for tokens, lp_r in reference:
-            lp_q = _logprobs(qnt, tokens)
-            p_r = np.exp(lp_r[:-1])
-            kls.extend((p_r * (lp_r[:-1] - lp_q[:-1])).sum(axis=1).tolist())
-            agree += int((lp_r[:-1].argmax(1) == lp_q[:-1].argmax(1)).sum())
-            nxt = np.array(tokens[1:])
-            nll_ref -= float(lp_r[np.arange(len(nxt)), nxt].sum())
-            nll_q -= float(lp_q[np.arange(len(nxt)), nxt].sum())
-            n += len(nxt)
-    finally:
-        qnt.close()
+    return llama_runtime.llama_cpp().Llama(model_path=str(quant_gguf), n_ctx=n_ctx, logits_all=True, verbose=False)
+
+
+def quant_quality(qnt: Any, reference: list[tuple]) -> dict[str, Any]:
+    """llama.cpp's method (KL per token, top-1 agreement, perplexity of both) for the quantized
+    model `qnt` (open_quant), with the merged model's own log-probabilities (reference_logprobs)
+    as the reference side."""
+    import numpy as np
+
+    kls, agree, nll_ref, nll_q, n = [], 0, 0.0, 0.0, 0
+    for tokens, lp_r in reference:
+        lp_q = _logprobs(qnt, tokens)
+        p_r = np.exp(lp_r[:-1])
+        kls.extend((p_r * (lp_r[:-1] - lp_q[:-1])).sum(axis=1).tolist())
+        agree += int((lp_r[:-1].argmax(1) == lp_q[:-1].argmax(1)).sum())
+        nxt = np.array(tokens[1:])
+        nll_ref -= float(lp_r[np.arange(len(nxt)), nxt].sum())
+        nll_q -= float(lp_q[np.arange(len(nxt)), nxt].sum())
+        n += len(nxt)
     return {
         "reference": "merged model",
         "tokens": n,
