@@ -114,7 +114,8 @@ def reference_logprobs(model: Any, tok: Any, texts: list[str], max_tokens: int =
     import torch
 
     rows = [ids for ids in (tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts) if len(ids) >= 2]
-    vocab = model.get_output_embeddings().weight.shape[0]
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else model.config.vocab_size
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out: list[tuple | None] = [None] * len(rows)
     for group in _batches(rows, max(1, logits_bytes // (4 * vocab))):
