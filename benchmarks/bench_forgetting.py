@@ -222,9 +222,11 @@ def reconcile_v1(path: Path, cached: dict, fresh: dict) -> bool:
     if fresh["outcomes"] == cached["outcomes"]:
         _say(f"seed {seed}: v1 trained again reproduces its cached answers; the seed's cached cells stand")
         return True
-    # the cells trained from this v1: the plain v1's are the seed's method cells (no v1 variant's);
-    # a variant's (bench_learning) is its own "<variant> v2"
-    mine = ((lambda p: not p.stem.startswith("v1")) if path.stem == "v1" else (lambda p: p.stem == path.stem + "_v2"))
+    # the cells trained from this v1: its bench_learning v2 ("<v1 cell> v2") and, for the plain
+    # v1, the seed's method cells (every cell not named after a v1)
+    def mine(p: Path) -> bool:
+        return p.stem == path.stem + "_v2" or (path.stem == "v1" and not p.stem.startswith("v1"))
+
     stale = sorted(p for p in path.parent.glob("*.json") if mine(p))
     for p in stale:
         p.unlink()

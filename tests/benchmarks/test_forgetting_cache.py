@@ -22,6 +22,23 @@ def test_a_seeds_cached_cells_stand_only_if_v1_trained_again_reproduces_its_answ
     assert bf.cell_path(cells, 1, "replay").exists() is same
 
 
+def test_a_v1_variant_trained_again_differently_drops_only_the_cells_grown_from_it(tmp_path):
+    cells = tmp_path / "cells"
+    names = ("v1", "v1 v2", "replay", "v1 rank 32", "v1 rank 32 v2", "v1 paraphrases v2")
+    for name in names:
+        bf._save(bf.cell_path(cells, 1, name), {"spec": bf.cell_spec(name, 1), "outcomes": {"q": 50.0}})
+    variant = bf.cell_path(cells, 1, "v1 rank 32")
+    cached = json.loads(variant.read_text())
+    assert not bf.reconcile_v1(variant, cached, {**cached, "outcomes": {"q": 0.0}})
+    left = {n for n in names if bf.cell_path(cells, 1, n).exists()}
+    assert left == {"v1", "v1 v2", "replay", "v1 rank 32", "v1 paraphrases v2"}
+    plain = bf.cell_path(cells, 1, "v1")
+    cached = json.loads(plain.read_text())
+    assert not bf.reconcile_v1(plain, cached, {**cached, "outcomes": {"q": 0.0}})
+    left = {n for n in names if bf.cell_path(cells, 1, n).exists()}
+    assert left == {"v1", "v1 rank 32", "v1 paraphrases v2"}  # its v2 and the method cells went
+
+
 def test_summarise_only_rewrites_the_statistics_of_a_finished_run_without_training(tmp_path, monkeypatch):
     from pathlib import Path
 
