@@ -132,10 +132,10 @@ def test_config_points_at_the_demo_files():
 
 
 def test_every_fixed_fact_is_stated_by_several_rows_in_more_than_one_wording():
-    """A fact stated once can land wholly in val or test, and a 135M model learns a fact from
-    one wording only for that wording (bench-learning: 56% of v1's facts from 2-3 rows a fact,
-    85% with the paraphrases). So each fact has at least 3 rows naming its subject, asked in
-    at least 3 different questions."""
+    """A fact stated by two rows can land wholly in val or test, and a 135M model answers a fact
+    mostly in the direction and wording it was taught (bench-learning: 56% of v1's facts from
+    2-3 rows a fact, 85% with the paraphrases). So each fact has at least 3 rows naming its
+    subject, asked in at least 3 different questions."""
     problems = []
     for q in load_questions(QUESTIONS):
         about = subject(q.question)
