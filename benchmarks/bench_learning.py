@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks import bench_forgetting as bf
-from benchmarks.forgetting_stats import _change, _level, _retention, _scores
+from benchmarks.forgetting_stats import _change, _fmt, _level, _retention, _scores
 
 GOAL_V1 = 75.0  # % of v1's own facts
 GOAL_V2_GAIN = 70.0  # points of new facts over the base
@@ -63,19 +63,19 @@ def run(seeds: list[int], variants: list[str], v2: list[str], out: Path) -> list
     work, cells = (out / "forgetting-work").resolve(), (out / "forgetting-cells").resolve()
     scorer = bf.Scorer()
     base = bf._base(cells, scorer)
-    records = [{"cell": "base", "seed": s, "outcomes": base["outcomes"]} for s in seeds]
+    records = [bf._record(base, s) for s in seeds]
     for seed in seeds:
         for variant in variants:
             t0 = time.time()
             batches = DATA.get(variant, bf.DEMO_DATA)
             rec = bf.v1_cell(seed, work, cells, scorer, v1_name(variant), VARIANTS[variant] or None, batches)
-            records.append({"cell": v1_name(variant), "seed": seed, **{k: v for k, v in rec.items() if k != "spec"}})
+            records.append(bf._record(rec, seed))
             bf._say(f"seed {seed}: {v1_name(variant)} ({time.time() - t0:.0f} s)")
             if variant in v2:
                 t0 = time.time()
                 name = f"{v1_name(variant)} v2"
                 rec = bf.v2_cell(seed, name, None, VARIANTS[variant], work, cells, scorer, v1_name(variant), batches)
-                records.append({"cell": name, "seed": seed, **{k: v for k, v in rec.items() if k != "spec"}})
+                records.append(bf._record(rec, seed))
                 bf._say(f"seed {seed}: {name} ({time.time() - t0:.0f} s)")
     return records
 
@@ -114,10 +114,6 @@ def summarise(records: list[dict], sides: dict[str, str], seeds: list[int], vari
                                                  and row["v2_retention"]["lo"] >= GOAL_V2_RETENTION)
         rows.append(row)
     return rows
-
-
-def _fmt(iv: dict | None, sign: str = "") -> str:
-    return "-" if iv is None else f"{iv['mean']:{sign}.1f} [{iv['lo']:{sign}.1f}, {iv['hi']:{sign}.1f}]"
 
 
 def table(rows: list[dict], n_seeds: int) -> str:

@@ -8,13 +8,13 @@ question asks for was in the training split of the right batch: "old" facts in v
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from loraship import config as config_mod
 from loraship import demo
+from loraship.data.load import read_input
 from loraship.data.prepare import EarlierVersion, load_rows, prepare
 from loraship.evaluate.compare import load_questions
 from loraship.evaluate.scoring import content_tokens, fact_found, tokens
@@ -140,21 +140,14 @@ def test_every_fixed_fact_is_stated_by_several_rows_in_more_than_one_wording():
     for q in load_questions(QUESTIONS):
         about = subject(q.question)
         files = BATCH1 if q.knowledge == "old" else BATCH2
-        stating = [r for f in files for r in map(json.loads, f.read_text(encoding="utf-8").splitlines())
-                   if all(fact_found(fact, tokens(answer_text(r))) for fact in q.facts)
-                   and about <= set(tokens(question_text(r) + " " + answer_text(r)))]
-        if len(stating) < 3 or len({question_text(r).lower() for r in stating}) < 3:
+        rows = [p.row for i, f in enumerate(files) for p in read_input(f, i, f.stem, 100_000, "v")[0]]
+        stating = [r for r in rows if all(fact_found(fact, tokens(turns(r, "assistant"))) for fact in q.facts)
+                   and about <= set(tokens(turns(r, "user") + " " + turns(r, "assistant")))]
+        if len(stating) < 3 or len({turns(r, "user").lower() for r in stating}) < 3:
             problems.append(f"{q.id}: {len(stating)} rows state {q.facts} about {sorted(about)}")
     assert not problems, problems
 
 
-def question_text(row: dict) -> str:
-    if "messages" in row:
-        return " ".join(m["content"] for m in row["messages"] if m["role"] == "user")
-    return row.get("question") or f"{row.get('instruction', '')} {row.get('input', '')}"
-
-
-def answer_text(row: dict) -> str:
-    if "messages" in row:
-        return " ".join(m["content"] for m in row["messages"] if m["role"] == "assistant")
-    return row.get("answer") or row.get("output", "")
+def turns(row: dict, role: str) -> str:
+    """A normalised row's turns of one role, joined."""
+    return " ".join(m["content"] for m in row["messages"] if m["role"] == role)

@@ -43,6 +43,7 @@ class Merged(NamedTuple):
     check: dict[str, Any]  # the merge's logit check, for the manifest
     reference: list[tuple]  # the merged model's log-probabilities on the val texts (verify.reference_logprobs)
     tokenizer: Any  # the base's tokenizer, which training used and the GGUF must reproduce
+    val: list[dict]  # the rows those texts came from (their answers are tokenizer-parity probes)
 
 
 def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log, timings: dict[str, float]) -> Merged:
@@ -71,7 +72,8 @@ def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log, timi
     model, check = merge_chain(model, tok, _adapters(version, train), tol, log)
     t2 = time.time()
     timings["load"], timings["merge"] = round(t1 - t0 - timings["base_check"], 2), round(t2 - t1, 2)
-    reference = verify.reference_logprobs(model, tok, _val_texts(version, tok)[1])
+    val, texts = _val_texts(version, tok)
+    reference = verify.reference_logprobs(model, tok, texts)
     timings["reference"] = round(time.time() - t2, 2)
     t2 = time.time()
     model.save_pretrained(out, safe_serialization=True)
@@ -83,7 +85,7 @@ def _merge(cfg: Config, version: Version, train: dict, out: Path, log: Log, timi
     check["dtype"] = dtype
     check["qlora_merged_onto_16bit"] = bool(train["device"].get("load_in_4bit"))
     check["base_hash_cached"] = cached  # weight files whose digest came from store/hash_cache.py
-    return Merged(check, reference, tok)
+    return Merged(check, reference, tok, val)
 
 
 def _gguf_metadata(version: Version, train: dict, cfg: Config) -> dict[str, Any]:
@@ -187,8 +189,7 @@ def _lora_gguf(version: Version, train: dict, work: Path, log: Log) -> str:
 
 
 def _verify(merge: Merged, gguf_dir: Path, outputs: dict, version: Version, log: Log) -> dict:
-    tok = merge.tokenizer
-    val, _ = _val_texts(version, tok)
+    tok, val = merge.tokenizer, merge.val
     log("verifying tokenizer parity, chat template and quantization quality")
     checks: dict[str, Any] = {"quant": {}}
     for i, (q, name) in enumerate(outputs.items()):
