@@ -1,6 +1,7 @@
 """`make bench-gate`: is the gate right, and can it decide? Calibrated on the demo model.
 
-Per training seed s (FIRST_SEED ...), everything as `make demo` does it (train/demo.yaml):
+Per training seed s (FIRST_SEED ...), everything as `make demo` does it (train/demo.yaml, and
+each batch with its paraphrase rows, demo.BATCHES):
   v1       batch 1 from the base, training seed s, exported to Q4_K_M
   default  v2 on batch 2 from that v1 with the shipped increment defaults (what the demo ships)
   forget   v2 from that v1 with no replay and plain cross-entropy (the forgetting benchmark's
@@ -35,10 +36,12 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
-from benchmarks.bench_arms import DEMO_BASE, DEMO_BATCHES
+from benchmarks.bench_arms import DEMO_BASE
 from benchmarks.bench_forgetting import (
+    Batches,
     _cached,
     _inputs_sha,
     _prepare_home,
@@ -48,6 +51,11 @@ from benchmarks.bench_forgetting import (
     write_docs_section,
 )
 from benchmarks.gate_calibration import K_LIST, calibrate, table
+from loraship import demo
+
+# What `make demo` trains on (each batch and its paraphrase rows): the calibration is of the demo
+# as it ships, so a change to its data or config retrains every model (see _inputs).
+DATA: Batches = (list(demo.BATCHES[0]), list(demo.BATCHES[1]))
 
 FIRST_SEED = 20251101
 K_MAX = max(K_LIST)
@@ -87,13 +95,23 @@ def _train_export(home: Path, batches: list[Path], overrides: dict) -> dict:
     train = versions.get("demo", version.id).stage("train")
     return {"version": version.id, "gguf": str(version.path / next(iter(rec["ggufs"].values()))),
             "train_s": train["runtime_s"], "steps": train.get("global_steps"),
-            "train_tokens": train.get("train_tokens")}
+            "train_tokens": train.get("train_tokens"), "inputs": _inputs()}
 
 
-def _cached_model(done: Path) -> dict:
-    """A finished model's record; steps and tokens read from its version's manifest where the
+def _inputs() -> str:
+    return _inputs_sha(DATA)
+
+
+def _cached_model(done: Path) -> dict | None:
+    """A finished model's record, or None when it was trained on other inputs (demo config, data,
+    questions) than today's. Steps and tokens are read from its version's manifest where the
     record predates them (they are what compares training cost whatever else ran beside it)."""
+    if not done.exists():
+        return None
     rec = json.loads(done.read_text())
+    if rec.get("inputs") != _inputs():
+        _say(f"{done.parent.name}: trained on other demo inputs; training it again")
+        return None
     if "steps" not in rec:
         manifest = json.loads((Path(rec["gguf"]).parents[1] / "manifest.json").read_text())
         train = manifest["stages"]["train"]
@@ -105,23 +123,25 @@ def from_base(seed: int, name: str, batches: list[Path], work: Path) -> dict:
     """One version trained from the base on `batches` (v1: batch 1; retrain: both), exported."""
     home = work / f"seed{seed}-{name}"
     done = home / f"{name}.json"
-    if done.exists():
-        return _cached_model(done)
+    if rec := _cached_model(done):
+        return rec
     shutil.rmtree(home, ignore_errors=True)
     _prepare_home(home)
-    return _save(done, _train_export(home, batches, {"train.seed": seed}))
+    # a fresh id per training, so a v2 can tell that the v1 it was built on was trained again
+    return _save(done, {**_train_export(home, batches, {"train.seed": seed}), "trained": uuid.uuid4().hex})
 
 
 def v2_model(seed: int, name: str, overrides: dict, work: Path) -> dict:
     home = work / f"seed{seed}-{name}"
     done = home / "v2.json"
-    if done.exists():
-        return _cached_model(done)
+    v1 = json.loads((work / f"seed{seed}-v1" / "v1.json").read_text()).get("trained")
+    if (rec := _cached_model(done)) and rec.get("v1") == v1:
+        return rec  # (a v1 trained again makes its v2s stale whatever the inputs say)
     shutil.rmtree(home, ignore_errors=True)
     shutil.copytree(work / f"seed{seed}-v1", home)
     (home / "v1.json").unlink()
-    rec = _train_export(home, [DEMO_BATCHES[1]], {"train.seed": seed, **overrides})
-    return _save(done, rec)
+    rec = _train_export(home, DATA[1], {"train.seed": seed, **overrides})
+    return _save(done, {**rec, "v1": v1})
 
 
 def answers(model: dict, questions, cfg, cells: Path, key: str) -> dict:
@@ -130,7 +150,7 @@ def answers(model: dict, questions, cfg, cells: Path, key: str) -> dict:
     from loraship.evaluate.backends import LlamaCppBackend
     from loraship.evaluate.candidate import Candidate
 
-    spec = {"model": key, "gguf": Path(model["gguf"]).name, "eval": EVAL, "inputs": _inputs_sha(),
+    spec = {"model": key, "gguf": Path(model["gguf"]).name, "eval": EVAL, "inputs": _inputs(),
             "questions": [q.id for q in questions]}
     path = cells / f"{key}.json"
     if rec := _cached(path, spec):
@@ -165,7 +185,7 @@ def run(seeds: int, out: Path, retrain_seeds: int) -> dict:
     questions = cfg = None
     for i, seed in enumerate(seed_list):
         t0 = time.time()
-        models[f"v1/{seed}"] = from_base(seed, "v1", [DEMO_BATCHES[0]], work)
+        models[f"v1/{seed}"] = from_base(seed, "v1", DATA[0], work)
         if i < seeds:
             models[f"default/{seed}"] = v2_model(seed, "default", {}, work)
             models[f"forget/{seed}"] = v2_model(seed, "forget", FORGET, work)
@@ -174,7 +194,7 @@ def run(seeds: int, out: Path, retrain_seeds: int) -> dict:
         _say(f"seed {seed}: trained and exported ({time.time() - t0:.0f} s)")
         _answer_all(models, seed, questions, cfg, cells)
     for seed in seed_list[:min(retrain_seeds, seeds)]:  # after the calibration's models: the arm comes second
-        models[f"retrain/{seed}"] = from_base(seed, "retrain", list(DEMO_BATCHES), work)
+        models[f"retrain/{seed}"] = from_base(seed, "retrain", DATA[0] + DATA[1], work)
         _answer_all(models, seed, questions, cfg, cells)
     sides = {q.id: q.knowledge for q in questions}
     return calibrate(models, sides, seed_list, cfg.gate)
