@@ -49,6 +49,7 @@ from benchmarks.forgetting_stats import (
     summarise,
     table,
 )
+from loraship import demo
 
 QUESTIONS = Path("ollama/questions/demo.yaml")
 FIRST_SEED = 20251101
@@ -78,7 +79,8 @@ EVAL = "greedy, 32 new tokens, training dtype"  # part of every cached cell's ke
 
 
 Batches = tuple[list[Path], list[Path]]  # batch 1's files (v1), batch 2's (v2)
-DEMO_DATA: Batches = ([DEMO_BATCHES[0]], [DEMO_BATCHES[1]])
+DEMO_DATA: Batches = ([DEMO_BATCHES[0]], [DEMO_BATCHES[1]])  # the original rows (this matrix's)
+SHIPPED_DATA: Batches = (list(demo.BATCHES[0]), list(demo.BATCHES[1]))  # what `make demo` trains on now
 
 
 def _inputs_sha(batches: Batches = DEMO_DATA) -> str:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from benchmarks.bench_arms import DEMO_BASE
 from benchmarks.bench_forgetting import (
+    SHIPPED_DATA,
     Batches,
     _cached,
     _inputs_sha,
@@ -51,11 +52,10 @@ from benchmarks.bench_forgetting import (
     write_docs_section,
 )
 from benchmarks.gate_calibration import K_LIST, calibrate, table
-from loraship import demo
 
 # What `make demo` trains on (each batch and its paraphrase rows): the calibration is of the demo
 # as it ships, so a change to its data or config retrains every model (see _inputs).
-DATA: Batches = (list(demo.BATCHES[0]), list(demo.BATCHES[1]))
+DATA: Batches = SHIPPED_DATA
 
 FIRST_SEED = 20251101
 K_MAX = max(K_LIST)
@@ -87,6 +87,7 @@ def _train_export(home: Path, batches: list[Path], overrides: dict) -> dict:
     from loraship import pipeline
     from loraship.store import versions
 
+    inputs = _inputs()  # before training: what it was trained on, even if a file changes meanwhile
     _use_home(home)
     cfg = pipeline.load_config("demo", overrides=overrides)
     pipeline.stage_data("demo", cfg, [b.resolve() for b in batches], warn=lambda s: None)
@@ -95,7 +96,7 @@ def _train_export(home: Path, batches: list[Path], overrides: dict) -> dict:
     train = versions.get("demo", version.id).stage("train")
     return {"version": version.id, "gguf": str(version.path / next(iter(rec["ggufs"].values()))),
             "train_s": train["runtime_s"], "steps": train.get("global_steps"),
-            "train_tokens": train.get("train_tokens"), "inputs": _inputs()}
+            "train_tokens": train.get("train_tokens"), "inputs": inputs}
 
 
 def _inputs() -> str:

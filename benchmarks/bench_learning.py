@@ -45,9 +45,7 @@ VARIANTS: dict[str, dict] = {
 }
 # Variants that change the data: two more rows per fact (other wordings, both directions of
 # "mineral X is mined at site Y"), in files of their own beside each batch.
-PARAPHRASES = (Path("train/data/demo_batch1_paraphrases.jsonl"), Path("train/data/demo_batch2_paraphrases.jsonl"))
-WITH_PARAPHRASES: bf.Batches = ([bf.DEMO_BATCHES[0], PARAPHRASES[0]], [bf.DEMO_BATCHES[1], PARAPHRASES[1]])
-DATA: dict[str, bf.Batches] = {"paraphrases": WITH_PARAPHRASES, "rank 32 + paraphrases": WITH_PARAPHRASES}
+DATA: dict[str, bf.Batches] = {"paraphrases": bf.SHIPPED_DATA, "rank 32 + paraphrases": bf.SHIPPED_DATA}
 # What `make bench-learning` runs (the table in docs/benchmarks.md); the two combinations are
 # there for --variants (each would take the demo past 10 minutes on 2 cores).
 DEFAULT_VARIANTS = [BASELINE, "10 epochs", "rank 32", "batch 2", "neftune 5", "constant lr", "paraphrases"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import benchmarks.bench_gate as bg
 
 
-def _fake_training(monkeypatch, tmp_path):
+def _fake_training(monkeypatch):
     """Stands in for train+export (minutes each); the cache logic under test is bench_gate's own."""
     trained = []
 
@@ -21,7 +21,7 @@ def _fake_training(monkeypatch, tmp_path):
 
 
 def test_models_retrain_when_the_demo_inputs_change(monkeypatch, tmp_path):
-    trained = _fake_training(monkeypatch, tmp_path)
+    trained = _fake_training(monkeypatch)
     bg.from_base(1, "v1", bg.DATA[0], tmp_path)
     bg.v2_model(1, "default", {}, tmp_path)
     assert [name for name, _ in trained] == ["seed1-v1", "seed1-default"]
@@ -40,7 +40,7 @@ def test_models_retrain_when_the_demo_inputs_change(monkeypatch, tmp_path):
 
 
 def test_a_v2_is_trained_again_when_its_v1_was(monkeypatch, tmp_path):
-    trained = _fake_training(monkeypatch, tmp_path)
+    trained = _fake_training(monkeypatch)
     bg.from_base(1, "v1", bg.DATA[0], tmp_path)
     bg.v2_model(1, "forget", bg.FORGET, tmp_path)
     (tmp_path / "seed1-v1" / "v1.json").unlink()  # v1 lost (killed run): trained again

@@ -136,11 +136,12 @@ def test_every_fixed_fact_is_stated_by_several_rows_in_more_than_one_wording():
     mostly in the direction and wording it was taught (bench-learning: 56% of v1's facts from
     2-3 rows a fact, 85% with the paraphrases). So each fact has at least 3 rows naming its
     subject, asked in at least 3 different questions."""
+    rows_of = {side: [p.row for i, f in enumerate(files) for p in read_input(f, i, f.stem, 100_000, "v")[0]]
+               for side, files in (("old", BATCH1), ("new", BATCH2))}
     problems = []
     for q in load_questions(QUESTIONS):
         about = subject(q.question)
-        files = BATCH1 if q.knowledge == "old" else BATCH2
-        rows = [p.row for i, f in enumerate(files) for p in read_input(f, i, f.stem, 100_000, "v")[0]]
+        rows = rows_of[q.knowledge]
         stating = [r for r in rows if all(fact_found(fact, tokens(turns(r, "assistant"))) for fact in q.facts)
                    and about <= set(tokens(turns(r, "user") + " " + turns(r, "assistant")))]
         if len(stating) < 3 or len({turns(r, "user").lower() for r in stating}) < 3:
