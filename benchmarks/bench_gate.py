@@ -10,6 +10,9 @@ each batch with its paraphrase rows, demo.BATCHES):
   retrain  one version from the base on batch 1 and batch 2 together, the same recipe (epochs,
            rate, batch): the continual-learning literature's bar (Ibrahim et al. 2024: replay
            plus a re-warmed rate matches retraining on all data) for the incremental v2
+  recipes  v2 on batch 2 from the same v1 with another increment recipe (VARIANTS: plain replay,
+           the L2 pull alone, a weaker pull), for the retrain seeds: what the default's pull
+           toward v1 costs in new facts and time, each against the same retrain
 and one v1 more (seed FIRST_SEED + seeds), so each v1 has a *null* partner: v1 of the next seed,
 retrained on the same data with another seed (different weights, the same knowledge). The
 gate must not judge a null partner to have lost old knowledge. Batch 1 and 2 share no topic and
@@ -51,6 +54,7 @@ from benchmarks.bench_forgetting import (
     _use_home,
     write_docs_section,
 )
+from benchmarks.demo_facts import row_tokens, teaches
 from benchmarks.gate_calibration import K_LIST, calibrate, table
 
 # What `make demo` trains on (each batch and its paraphrase rows): the calibration is of the demo
@@ -60,6 +64,22 @@ DATA: Batches = SHIPPED_DATA
 FIRST_SEED = 20251101
 K_MAX = max(K_LIST)
 FORGET = {"data.replay_ratio": 0.0, "data.allow_replay_ratio_outside_range": True, "train.increment_method": "replay"}
+# Increment recipes measured beside the default against the retrain, all at the demo's 30% replay:
+# the default (distill+l2) kept old facts as well as a retrain but learned ~25 points fewer new
+# ones, and the forgetting matrix put 21-23 of those points on its pull toward v1.
+# Then with the replay budget spread over distinct facts (data.replay_selection: diverse): with a
+# random draw, the old facts that lost points were those none of whose rows was replayed.
+DIVERSE = {"data.replay_selection": "diverse"}
+VARIANTS = {
+    "replay": {"train.increment_method": "replay"},  # no pull: replay alone keeps the old facts
+    "l2": {"train.increment_method": "l2"},  # the pull without distillation's parent forward pass
+    "l2-0.01": {"train.increment_method": "l2", "train.l2_weight": 0.01},  # a third of the pull
+    "distill+l2-0.01": {"train.increment_method": "distill+l2", "train.l2_weight": 0.01},  # the default, less pull
+    "l2-0.01-diverse": {"train.increment_method": "l2", "train.l2_weight": 0.01, **DIVERSE},
+    "replay-diverse": {"train.increment_method": "replay", **DIVERSE},
+    "distill+l2-diverse": {"train.increment_method": "distill+l2", **DIVERSE},
+}
+RECIPE = ("increment_method", "distill_weight", "l2_weight")  # what an increment is trained with
 EVAL = f"Q4_K_M via llama.cpp, greedy + {K_MAX} samples at the served temperature"
 
 
@@ -132,12 +152,41 @@ def from_base(seed: int, name: str, batches: list[Path], work: Path) -> dict:
     return _save(done, {**_train_export(home, batches, {"train.seed": seed}), "trained": uuid.uuid4().hex})
 
 
+def _recipe_trained(rec: dict) -> dict:
+    """The increment recipe a cached v2 was trained with, from its version's manifest."""
+    manifest = json.loads((Path(rec["gguf"]).parents[1] / "manifest.json").read_text())
+    hp = manifest["stages"]["train"]["hyperparameters"]
+    data = manifest["stages"]["data"]
+    return _recipe(hp, data["replay_ratio"]["requested"],
+                   data["replay"].get("selection", "random"))  # (random before there was a choice)
+
+
+def _recipe_today(home: Path, overrides: dict) -> dict:
+    """The recipe today's code and config would train this v2 with: a changed default (in
+    train/hparams.py, not in the demo's files) must retrain the default arm too."""
+    from loraship import pipeline
+    from loraship.train import hparams
+
+    _use_home(home)
+    cfg = pipeline.load_config("demo", overrides=overrides)
+    values, _ = hparams.choose(cfg.train, 1, is_increment=True, device="cpu", strategy=cfg.train.strategy)
+    return _recipe(values, cfg.data.replay_ratio, cfg.data.replay_selection)
+
+
+def _recipe(hyperparameters: dict, replay_ratio: float, selection: str) -> dict:
+    # without replay there is nothing to select
+    return {**{k: hyperparameters[k] for k in RECIPE}, "replay_ratio": replay_ratio,
+            "replay_selection": selection if replay_ratio else None}
+
+
 def v2_model(seed: int, name: str, overrides: dict, work: Path) -> dict:
     home = work / f"seed{seed}-{name}"
     done = home / "v2.json"
     v1 = json.loads((work / f"seed{seed}-v1" / "v1.json").read_text()).get("trained")
-    if (rec := _cached_model(done)) and rec.get("v1") == v1:
-        return rec  # (a v1 trained again makes its v2s stale whatever the inputs say)
+    if (rec := _cached_model(done)) and rec.get("v1") == v1:  # (a v1 trained again makes its v2s stale)
+        if _recipe_trained(rec) == _recipe_today(work / f"seed{seed}-v1", overrides):
+            return rec
+        _say(f"{home.name}: trained with another increment recipe than today's; training it again")
     shutil.rmtree(home, ignore_errors=True)
     shutil.copytree(work / f"seed{seed}-v1", home)
     (home / "v1.json").unlink()
@@ -151,8 +200,7 @@ def answers(model: dict, questions, cfg, cells: Path, key: str) -> dict:
     from loraship.evaluate.backends import LlamaCppBackend
     from loraship.evaluate.candidate import Candidate
 
-    spec = {"model": key, "gguf": Path(model["gguf"]).name, "eval": EVAL, "inputs": _inputs(),
-            "questions": [q.id for q in questions]}
+    spec = _answers_spec(model, key, questions)
     path = cells / f"{key}.json"
     if rec := _cached(path, spec):
         return rec
@@ -173,13 +221,22 @@ def answers(model: dict, questions, cfg, cells: Path, key: str) -> dict:
     return _save(path, out)
 
 
+def _answers_spec(model: dict, key: str, questions) -> dict:
+    """What a model's cached answers are of. The GGUF is named by its version folder, which carries
+    the training's timestamp: a model trained again (its v1 was, or its recipe changed) under the
+    same key must be answered again, not read from the last one's cell."""
+    gguf = Path(model["gguf"])
+    return {"model": key, "gguf": f"{gguf.parents[1].name}/{gguf.name}", "eval": EVAL, "inputs": _inputs(),
+            "questions": [q.id for q in questions]}
+
+
 def _with_samples(compare_cfg, k: int):
     from dataclasses import replace
 
     return replace(compare_cfg, samples=k)
 
 
-def run(seeds: int, out: Path, retrain_seeds: int) -> dict:
+def run(seeds: int, out: Path, retrain_seeds: int, variants: list[str]) -> dict:
     work, cells = (out / "gate-work").resolve(), (out / "gate-cells").resolve()
     seed_list = list(range(FIRST_SEED, FIRST_SEED + seeds + 1))  # the last v1 is only a null partner
     models: dict[str, dict] = {}
@@ -196,9 +253,23 @@ def run(seeds: int, out: Path, retrain_seeds: int) -> dict:
         _answer_all(models, seed, questions, cfg, cells)
     for seed in seed_list[:min(retrain_seeds, seeds)]:  # after the calibration's models: the arm comes second
         models[f"retrain/{seed}"] = from_base(seed, "retrain", DATA[0] + DATA[1], work)
+        for name in variants:
+            models[f"{name}/{seed}"] = v2_model(seed, name, VARIANTS[name], work)
         _answer_all(models, seed, questions, cfg, cells)
+    for key, model in models.items():
+        if key.split("/")[0] not in ("v1", "retrain"):
+            model["replayed"] = replayed_questions(model, questions)
     sides = {q.id: q.knowledge for q in questions}
-    return calibrate(models, sides, seed_list, cfg.gate)
+    return calibrate(models, sides, seed_list, cfg.gate, variants)
+
+
+def replayed_questions(model: dict, questions) -> list[str]:
+    """The old questions whose fact a row of this v2's replay set teaches (none without replay)."""
+    from loraship.data.prepare import load_rows
+
+    final = Path(model["gguf"]).parents[1] / "data" / "incremental_replay_final.jsonl"
+    taught = [row_tokens(r) for r in load_rows(final) if r["origin"] == "replay"]
+    return [q.id for q in questions if q.knowledge == "old" and any(teaches(q.question, q.facts, t) for t in taught)]
 
 
 def _answer_all(models: dict, seed: int, questions, cfg, cells: Path) -> None:
@@ -214,6 +285,9 @@ def main() -> None:
                     "the last seed's null partner)")
     ap.add_argument("--retrain-seeds", type=int, default=3, help="seeds that also get the retrain arm (one version "
                     "on both batches), trained after every calibration model (default 3; 0 leaves it out)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"increment recipes trained beside the default on the retrain seeds and compared with "
+                    f"the retrain (comma-separated, default all: {', '.join(VARIANTS)}; 'none' leaves them out)")
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--docs", action="store_true", help="copy the JSON into docs/ and update docs/benchmarks.md")
     args = ap.parse_args()
@@ -221,7 +295,10 @@ def main() -> None:
         sys.exit("the demo base is not built: run `make base-demo` (or `make demo`) first")
     if args.seeds < 2:
         sys.exit("--seeds: at least 2 (rates over one seed say nothing)")
-    report = run(args.seeds, args.out, args.retrain_seeds)
+    variants = [] if args.variants == "none" else [v.strip() for v in args.variants.split(",") if v.strip()]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        sys.exit(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)} (or 'none')")
+    report = run(args.seeds, args.out, args.retrain_seeds, variants)
     md = table(report)
     args.out.mkdir(parents=True, exist_ok=True)
     _save(args.out / "gate-calibration.json", report)

@@ -21,6 +21,9 @@ check, so what is calibrated here is what `loraship compare` runs.
   and the increment's training time, optimizer steps and tokens as a share of the retrain's.
   The goal (the issue): within RETRAIN_MARGIN points on both at no more than
   RETRAIN_TIME_SHARE of its training time.
+- recipes (v2 from the same v1 with another increment recipe): each against the same retrain,
+  as the default is, and judged against its own v1 by the whole gate at k = max(K_LIST) and the
+  shipped max_old_loss: what a user of that recipe would see.
 """
 
 from __future__ import annotations
@@ -97,10 +100,8 @@ def _measure_rows(models: dict, pairs: dict, ids: dict, k: int, gate: GateConfig
 def _levels(models: dict, ids: dict, k_max: int) -> dict[str, Any]:
     """Mean old / new accuracy per kind of model, greedy and sampled at k_max."""
     out: dict[str, Any] = {}
-    for kind in ("v1", "default", "forget", "retrain"):
+    for kind in dict.fromkeys(m.split("/")[0] for m in models):  # in the order they were trained
         keys = [m for m in models if m.startswith(kind + "/")]
-        if not keys:
-            continue
         out[kind] = {f"{side}_{name}": round(float(np.mean([np.mean(_scores(models[m]["answers"], k, ids[side]))
                                                             for m in keys])), 1)
                      for side in ("old", "new") for name, k in (("greedy", 0), ("sampled", k_max))}
@@ -114,12 +115,14 @@ def _mean(models: dict, keys: list[str], field: str) -> float:
     return float(np.mean([models[m][field] for m in keys]))
 
 
-def retrain_comparison(models: dict, ids: dict, seeds: list[int], gate: GateConfig) -> dict | None:
-    """The incremental default v2 against a retrain on both batches, seed by seed (see above)."""
-    seeds = [s for s in seeds if f"retrain/{s}" in models and f"default/{s}" in models]
+def retrain_comparison(models: dict, ids: dict, seeds: list[int], gate: GateConfig,
+                       kind: str = "default") -> dict | None:
+    """An incremental v2 (`kind`: the default or a recipe) against a retrain on both batches,
+    seed by seed (see above)."""
+    seeds = [s for s in seeds if f"retrain/{s}" in models and f"{kind}/{s}" in models]
     if not seeds:
         return None
-    ret, inc = [f"retrain/{s}" for s in seeds], [f"default/{s}" for s in seeds]
+    ret, inc = [f"retrain/{s}" for s in seeds], [f"{kind}/{s}" for s in seeds]
     out: dict[str, Any] = {"seeds": len(seeds)}
     for name, k in (("greedy", 0), ("sampled", max(K_LIST))):
         draws = (k or 1) * len(seeds)
@@ -141,7 +144,53 @@ def retrain_comparison(models: dict, ids: dict, seeds: list[int], gate: GateConf
     return out
 
 
-def calibrate(models: dict, sides: dict[str, str], seeds: list[int], gate: GateConfig) -> dict:
+def recipe_verdicts(models: dict, ids: dict, seeds: list[int], gate: GateConfig, kind: str) -> dict:
+    """A recipe's v2s judged against their own v1s by the whole gate, as `loraship compare` would
+    at the shipped settings (k = max(K_LIST) samples, gate.max_old_loss, gate.min_new_gain)."""
+    k = max(K_LIST)
+    out: dict[str, Any] = {"max_old_loss": gate.max_old_loss, "samples": k, "seeds": [], "verdicts": [],
+                           "old_loss": [], "new_gain": []}
+    for s in seeds:
+        if f"{kind}/{s}" not in models:
+            continue
+        parent, cand = models[f"v1/{s}"]["answers"], models[f"{kind}/{s}"]["answers"]
+        loss = _interval(parent, cand, ids["old"], k, gate).negated()
+        gain = _interval(parent, cand, ids["new"], k, gate)
+        out["seeds"].append(s)
+        out["verdicts"].append(verdict_of([{"result": decide(gain.low, gain.high, gate.min_new_gain, True)},
+                                           {"result": decide(loss.low, loss.high, gate.max_old_loss, False)}]))
+        out["old_loss"].append([round(loss.estimate, 1), round(loss.low, 1), round(loss.high, 1)])
+        out["new_gain"].append([round(gain.estimate, 1), round(gain.low, 1), round(gain.high, 1)])
+    return out
+
+
+def replay_coverage(models: dict, ids: dict, seeds: list[int], gate: GateConfig, kind: str) -> dict | None:
+    """A recipe's old-fact loss against its own v1 (sampled, k = max(K_LIST)), split by whether its
+    replay set held a row teaching the fact (`replayed` in the model record); each seed's
+    questions pooled as pairs of their own."""
+    k = max(K_LIST)
+    groups: dict[str, tuple[list[float], list[float]]] = {"replayed": ([], []), "not_replayed": ([], [])}
+    for s in seeds:
+        cand = models.get(f"{kind}/{s}")
+        if not cand or "replayed" not in cand:
+            continue
+        parent, replayed = models[f"v1/{s}"]["answers"], set(cand["replayed"])
+        for q in ids["old"]:
+            p, c = groups["replayed" if q in replayed else "not_replayed"]
+            p.extend(_scores(parent, k, [q]))
+            c.extend(_scores(cand["answers"], k, [q]))
+    if not any(p for p, _ in groups.values()):
+        return None
+    out: dict[str, Any] = {}
+    for name, (p, c) in groups.items():
+        if p:
+            iv = stats.paired_difference(p, c, gate.confidence, gate.resamples, gate.seed, samples=k).negated()
+            out[name] = {"pairs": len(p), "old_loss": [round(iv.estimate, 1), round(iv.low, 1), round(iv.high, 1)]}
+    return out
+
+
+def calibrate(models: dict, sides: dict[str, str], seeds: list[int], gate: GateConfig,
+              recipes: tuple[str, ...] | list[str] = ()) -> dict:
     ids = {side: [q for q, s in sides.items() if s == side] for side in ("old", "new")}
     pairs = _pairs(models, seeds)
     rows = [r for k in (0, *K_LIST) for r in _measure_rows(models, pairs, ids, k, gate)]
@@ -150,7 +199,13 @@ def calibrate(models: dict, sides: dict[str, str], seeds: list[int], gate: GateC
                 "confidence": gate.confidence, "min_new_gain": gate.min_new_gain, "resamples": gate.resamples},
             "levels": _levels(models, ids, max(K_LIST)), "rows": rows,
             "retrain": retrain_comparison(models, ids, seeds, gate),
-            "models": {k: {kk: vv for kk, vv in m.items() if kk != "answers"} for k, m in models.items()}}
+            "recipes": {name: {"vs_retrain": retrain_comparison(models, ids, seeds, gate, name),
+                               "gate": recipe_verdicts(models, ids, seeds, gate, name),
+                               "coverage": replay_coverage(models, ids, seeds, gate, name)}
+                        for name in ("default", *recipes)},
+            "models": {k: {**{kk: vv for kk, vv in m.items() if kk not in ("answers", "replayed")},
+                           **({"replayed_old_questions": len(m["replayed"])} if "replayed" in m else {})}
+                       for k, m in models.items()}}
 
 
 def _r(rate: dict) -> str:
@@ -188,4 +243,32 @@ def table(report: dict) -> str:
             if f"{field}_share" in rt:
                 lines.append(f"| {label} | {rt[f'{field}_retrain']:g} | {rt[f'{field}_incremental']:g} | "
                              f"{rt[f'{field}_share']:.2f}x |")
+    lines += _recipes_table(report.get("recipes") or {})
     return "\n".join(lines)
+
+
+def _recipes_table(recipes: dict) -> list[str]:
+    """Increment recipes on the retrain seeds: against the retrain, and the gate's verdict on each."""
+    rows = {name: r for name, r in recipes.items() if r["vs_retrain"]}
+    if len(rows) < 2:  # the default alone is the table above
+        return []
+    g0 = next(iter(rows.values()))["gate"]
+    lines = ["", "| increment recipe (retrain seeds) | old: v2 - retrain, sampled | new: v2 - retrain, sampled | "
+             f"training s / retrain | steps / retrain | old-fact loss vs own v1: facts replayed / not (pairs) | "
+             f"gate vs own v1 (k={g0['samples']}, max_old_loss {g0['max_old_loss']:g}): old-fact loss per seed |",
+             "|---|---|---|---:|---:|---|---|"]
+    for name, r in rows.items():
+        rt, g = r["vs_retrain"], r["gate"]
+        old, new = rt["sampled_old"]["difference"], rt["sampled_new"]["difference"]
+        judged = ", ".join(f"{v} {lo[0]:+.1f} [{lo[1]:+.1f}, {lo[2]:+.1f}]" for v, lo in zip(g["verdicts"], g["old_loss"]))
+        lines.append(f"| {name} | {old[0]:+.1f} [{old[1]:+.1f}, {old[2]:+.1f}] | {new[0]:+.1f} [{new[1]:+.1f}, "
+                     f"{new[2]:+.1f}] | {rt.get('train_s_share', float('nan')):.2f}x | "
+                     f"{rt.get('steps_share', float('nan')):.2f}x | {_coverage_cell(r.get('coverage'))} | {judged} |")
+    return lines
+
+
+def _coverage_cell(coverage: dict | None) -> str:
+    if not coverage:
+        return "-"
+    return " / ".join(f"{c['old_loss'][0]:+.1f} [{c['old_loss'][1]:+.1f}, {c['old_loss'][2]:+.1f}] ({c['pairs']})"
+                      if (c := coverage.get(name)) else "-" for name in ("replayed", "not_replayed"))

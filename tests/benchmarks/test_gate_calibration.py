@@ -62,3 +62,30 @@ def test_calibration_counts_false_fails_power_and_verdicts_through_the_gates_own
     md = table(report)
     assert md.count("\n| sampled k=8 |") == 3 and "| forget | 4 |" in md
     assert "| training s | 3 | 1 | 0.33x |" in md
+
+
+def test_increment_recipes_are_set_against_the_retrain_and_judged_by_the_gate():
+    """A recipe that forgets what v1 knew is worse than the retrain on old facts and FAILs the
+    gate, and the loss is split by whether it replayed a row of the fact."""
+    models = _models()
+    rng = np.random.default_rng(7)
+    for s in SEEDS:
+        v1_old = np.array([np.mean(models[f"v1/{s}"]["answers"]["samples"][q]) / 100 for q in OLD])
+        kept = np.where(np.arange(len(OLD)) < 20, 1.0, 0.0)  # it replayed rows of the first 20 facts only
+        models[f"slack/{s}"] = _model(rng, v1_old * kept, np.full(len(NEW), 0.95))
+        models[f"slack/{s}"]["replayed"] = OLD[:20]
+    report = calibrate(models, SIDES, [*SEEDS, 5], GateConfig(resamples=1000), ["slack"])
+    slack, default = report["recipes"]["slack"], report["recipes"]["default"]
+    assert slack["gate"]["verdicts"] == ["FAIL"] * 4 and slack["gate"]["seeds"] == SEEDS
+    assert default["gate"]["verdicts"].count("FAIL") == 0
+    assert slack["vs_retrain"]["sampled_old"]["difference"][2] < 0  # lost old facts, beyond noise
+    assert slack["vs_retrain"]["sampled_new"]["difference"][0] > default["vs_retrain"]["sampled_new"]["difference"][0]
+    for lo in slack["gate"]["old_loss"]:
+        assert lo[1] <= lo[0] <= lo[2] and lo[0] > 20  # a loss, stated as a loss
+    cover = slack["coverage"]
+    assert cover["replayed"]["pairs"] == 20 * 4 and cover["not_replayed"]["pairs"] == 20 * 4
+    lo, hi = cover["replayed"]["old_loss"][1:], cover["not_replayed"]["old_loss"]
+    assert lo[0] <= 0 <= lo[1] and hi[1] > 20  # what it forgot is what it did not replay
+    assert default["coverage"] is None  # no replay record: not split
+    md = table(report)
+    assert "| slack |" in md and md.count("FAIL +") == 4 and "(80) / +" in md

@@ -396,7 +396,9 @@ def test_summary_lines_show_the_counts(tmp_path):
                      + ["{bad"], [EarlierVersion("v1", v1, True)], version="v2", strict=False)
     text = "\n".join(summary_lines(summary))
     assert "20 kept of 25 valid; dropped 1 invalid" in text and "5 already in earlier versions" in text
-    assert f"replay: {summary['counts']['replayed']} rows from v1" in text
+    n = summary['counts']['replayed']
+    assert f"replay: {n} rows from v1 ({n}), random selection; " in text
+    assert summary["replay"]["selection"] == "random"  # the manifest records which rows were chosen how
     assert "gamma: train" in text
     json.dumps(summary)  # the manifest stores it
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from benchmarks.demo_facts import row_tokens, subject, teaches
 
 from loraship import config as config_mod
 from loraship import demo
 from loraship.data.load import read_input
 from loraship.data.prepare import EarlierVersion, load_rows, prepare
 from loraship.evaluate.compare import load_questions
-from loraship.evaluate.scoring import content_tokens, fact_found, tokens
+from loraship.evaluate.scoring import fact_found, tokens
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH1, BATCH2 = ([REPO / f for f in files] for files in demo.BATCHES)  # what `make demo` trains on
@@ -44,24 +45,7 @@ def answers(path: Path) -> list[list[str]]:
 
 def rows(path: Path) -> list[tuple[list[str], list[str]]]:
     """(all tokens of the row, assistant tokens) per row of a normalised JSONL."""
-    out = []
-    for r in load_rows(path):
-        said = [tokens(m["content"]) for m in r["messages"] if m["role"] == "assistant"]
-        asked = [tokens(m["content"]) for m in r["messages"] if m["role"] != "assistant"]
-        out.append(([t for turn in asked + said for t in turn], [t for turn in said for t in turn]))
-    return out
-
-
-# Question words that name no subject: what is left of a question ("kessrite", "harrow shaft",
-# "brine drift test") must appear in the training row that teaches its fact.
-GENERIC = set("""colour hardness hard mohs scale mineral used use make mined mine pit which metres deep many
-    basin varnholt where year survey surveyed surveyor tool instrument detect time day done map days long one
-    drilling bring drill ground grid wide square squares marked who first made town company mining founded
-    open office invented introduced happen mines close discovered main reach comes divide take core""".split())
-
-
-def subject(question: str) -> set[str]:
-    return {t for t in content_tokens(question) if t not in GENERIC}
+    return [row_tokens(r) for r in load_rows(path)]
 
 
 @pytest.mark.parametrize("version,prefix", [("v1", "b1-"), ("v2", "b2-")])
@@ -152,3 +136,20 @@ def test_every_fixed_fact_is_stated_by_several_rows_in_more_than_one_wording():
 def turns(row: dict, role: str) -> str:
     """A normalised row's turns of one role, joined."""
     return " ".join(m["content"] for m in row["messages"] if m["role"] == role)
+
+
+def test_diverse_replay_carries_a_row_of_almost_every_old_fact(prepared, tmp_path):
+    """v2's replay budget (30%: 36 of v1's 95 training rows) spent on distinct facts: the old
+    facts an increment forgets are those none of whose rows it replays (`make bench-gate`)."""
+    from dataclasses import replace
+
+    cfg = config_mod.load(CONFIG).data
+    old = [q for q in load_questions(QUESTIONS) if q.knowledge == "old"]
+    covered = {}
+    for selection in ("random", "diverse"):
+        out = tmp_path / selection
+        prepare(BATCH2, [EarlierVersion("v1", prepared["v1"][1], True)], replace(cfg, replay_selection=selection),
+                out, version_id="v2", strict=True)
+        taught = [row_tokens(r) for r in load_rows(out / "incremental_replay_final.jsonl") if r["origin"] == "replay"]
+        covered[selection] = sum(any(teaches(q.question, q.facts, t) for t in taught) for q in old)
+    assert covered["diverse"] >= len(old) - 1 and covered["diverse"] > covered["random"], covered

@@ -203,7 +203,7 @@ def _replay(hist: _History, n_train: int, cfg: DataConfig, version_id: str,
         warn(f"replay: wanted {wanted} rows for ratio {cfg.replay_ratio:.2f} but the ancestors"
              f" ({', '.join(hist.ancestors)}) have only {got} eligible training rows; using {got}"
              f" (ratio {got / (got + n_train):.3f})")
-    return sample_replay(hist.pool, wanted, cfg.seed, version_id), wanted
+    return sample_replay(hist.pool, wanted, cfg.seed, version_id, cfg.replay_selection), wanted
 
 
 def _write(out_dir: Path, contents: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -298,6 +298,7 @@ def _summary(version_id: str, cfg: DataConfig, strict: bool, inputs: list[dict],
         "replay_ratio": {"requested": cfg.replay_ratio,
                          "actual": round(len(replay) / counts["final_train"], 6)},
         "replay": {"wanted": wanted, "available": len(hist.pool), "ancestors": hist.ancestors,
+                   "selection": cfg.replay_selection,
                    "per_version": {v: per_version[v] for v in sorted(per_version, key=parse_version_id)},
                    "rows": [{"id": r["id"], "from_version": r["from_version"]} for r in replay]},
         "earlier_versions": sorted(hist.all_ids, key=parse_version_id),
@@ -318,7 +319,8 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append("replay: none (no earlier version in the lineage)")
     else:
         sources = ", ".join(f"{v} ({n})" for v, n in rep["per_version"].items()) or "none"
-        lines.append(f"replay: {c['replayed']} rows from {sources}; ratio {ratio['requested']:.2f} requested,"
+        chosen = f", {rep['selection']} selection" if rep.get("selection") else ""
+        lines.append(f"replay: {c['replayed']} rows from {sources}{chosen}; ratio {ratio['requested']:.2f} requested,"
                      f" {ratio['actual']:.3f} actual; training set {c['final_train']} rows")
         lines.append(f"old test pool: {c['old_test']} rows from {', '.join(rep['ancestors'])}")
     if summary.get("feedback"):
