@@ -134,10 +134,18 @@ def _cached_model(done: Path) -> dict | None:
         _say(f"{done.parent.name}: trained on other demo inputs; training it again")
         return None
     if "steps" not in rec:
-        manifest = json.loads((Path(rec["gguf"]).parents[1] / "manifest.json").read_text())
-        train = manifest["stages"]["train"]
+        train = _manifest(rec)["stages"]["train"]
         rec.update(steps=train.get("global_steps"), train_tokens=train.get("train_tokens"))
     return rec
+
+
+def _version_dir(rec: dict) -> Path:
+    """The version folder a model record's GGUF was exported into (runs/demo/<version>/gguf/)."""
+    return Path(rec["gguf"]).parents[1]
+
+
+def _manifest(rec: dict) -> dict:
+    return json.loads((_version_dir(rec) / "manifest.json").read_text())
 
 
 def from_base(seed: int, name: str, batches: list[Path], work: Path) -> dict:
@@ -154,7 +162,7 @@ def from_base(seed: int, name: str, batches: list[Path], work: Path) -> dict:
 
 def _recipe_trained(rec: dict) -> dict:
     """The increment recipe a cached v2 was trained with, from its version's manifest."""
-    manifest = json.loads((Path(rec["gguf"]).parents[1] / "manifest.json").read_text())
+    manifest = _manifest(rec)
     hp = manifest["stages"]["train"]["hyperparameters"]
     data = manifest["stages"]["data"]
     return _recipe(hp, data["replay_ratio"]["requested"],
@@ -225,9 +233,8 @@ def _answers_spec(model: dict, key: str, questions) -> dict:
     """What a model's cached answers are of. The GGUF is named by its version folder, which carries
     the training's timestamp: a model trained again (its v1 was, or its recipe changed) under the
     same key must be answered again, not read from the last one's cell."""
-    gguf = Path(model["gguf"])
-    return {"model": key, "gguf": f"{gguf.parents[1].name}/{gguf.name}", "eval": EVAL, "inputs": _inputs(),
-            "questions": [q.id for q in questions]}
+    gguf = f"{_version_dir(model).name}/{Path(model['gguf']).name}"
+    return {"model": key, "gguf": gguf, "eval": EVAL, "inputs": _inputs(), "questions": [q.id for q in questions]}
 
 
 def _with_samples(compare_cfg, k: int):
@@ -267,7 +274,7 @@ def replayed_questions(model: dict, questions) -> list[str]:
     """The old questions whose fact a row of this v2's replay set teaches (none without replay)."""
     from loraship.data.prepare import load_rows
 
-    final = Path(model["gguf"]).parents[1] / "data" / "incremental_replay_final.jsonl"
+    final = _version_dir(model) / "data" / "incremental_replay_final.jsonl"
     taught = [row_tokens(r) for r in load_rows(final) if r["origin"] == "replay"]
     return [q.id for q in questions if q.knowledge == "old" and any(teaches(q.question, q.facts, t) for t in taught)]
 
