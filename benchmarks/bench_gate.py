@@ -11,21 +11,24 @@ each batch with its paraphrase rows, demo.BATCHES):
            rate, batch): the continual-learning literature's bar (Ibrahim et al. 2024: replay
            plus a re-warmed rate matches retraining on all data) for the incremental v2
   recipes  v2 on batch 2 from the same v1 with another increment recipe (VARIANTS: plain replay,
-           the L2 pull alone, a weaker pull), for the retrain seeds: what the default's pull
-           toward v1 costs in new facts and time, each against the same retrain
+           the L2 pull alone, a weaker pull, replay drawn again each epoch), for the retrain
+           seeds: what the default's pull toward v1 costs in new facts and time, each against
+           the same retrain
 and one v1 more (seed FIRST_SEED + seeds), so each v1 has a *null* partner: v1 of the next seed,
 retrained on the same data with another seed (different weights, the same knowledge). The
 gate must not judge a null partner to have lost old knowledge. Batch 1 and 2 share no topic and
 the split is per topic with the data seed, so the retrain's test rows are exactly v1's and v2's.
 
 Every model answers the questions `make demo` compares on (ollama/questions/demo.yaml plus
-the held-out test rows of batch 2's split) once, from its exported GGUF through loraship's
-llama.cpp backend: one greedy answer and K_MAX answers sampled at the served temperature with
-the seeds compare uses. The gate's statistics (evaluate/stats.py, evaluate/gate.decide) are
-then applied offline to every pair, for the greedy measure and for the sampled one at each
-k in K_LIST (the first k of the K_MAX samples) and each threshold in LOSS_THRESHOLDS
-(benchmarks/gate_calibration.py). Each model's answers are cached in <out>/gate-cells/, so a
-killed run resumes where it stopped.
+the held-out test rows of today's split: batch 2's as new, batch 1's as old) once, from its
+exported GGUF through loraship's llama.cpp backend: one greedy answer and K_MAX answers sampled
+at the served temperature with the seeds compare uses. The gate's statistics (evaluate/stats.py,
+evaluate/gate.decide) are then applied offline to every pair, for the greedy measure and for
+the sampled one at each k in K_LIST (the first k of the K_MAX samples) and each threshold in
+LOSS_THRESHOLDS (benchmarks/gate_calibration.py). Each model is cached in <out>/gate-work/
+under what decides its weights (`_training_inputs`) and its recipe, and its answers per
+question in <out>/gate-cells/, so a killed run resumes where it stopped and a question added
+is asked alone.
 
 Writes <out>/gate-calibration.json and gate-calibration.md; --docs also copies the JSON into
 docs/ and replaces the table in docs/benchmarks.md.
@@ -40,14 +43,13 @@ import shutil
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.bench_arms import DEMO_BASE
 from benchmarks.bench_forgetting import (
     SHIPPED_DATA,
     Batches,
-    _cached,
-    _inputs_sha,
     _prepare_home,
     _save,
     _say,
@@ -70,6 +72,9 @@ FORGET = {"data.replay_ratio": 0.0, "data.allow_replay_ratio_outside_range": Tru
 # Then with the replay budget spread over distinct facts (data.replay_selection: diverse): with a
 # random draw, the old facts that lost points were those none of whose rows was replayed.
 DIVERSE = {"data.replay_selection": "diverse"}
+# Then with the replay drawn again for every epoch (data.replay_each_epoch): every old row is
+# replayed over the epochs, at one draw's cost (the retrain sees them all in every epoch).
+EACH_EPOCH = {"data.replay_each_epoch": True}
 VARIANTS = {
     "replay": {"train.increment_method": "replay"},  # no pull: replay alone keeps the old facts
     "l2": {"train.increment_method": "l2"},  # the pull without distillation's parent forward pass
@@ -78,36 +83,52 @@ VARIANTS = {
     "l2-0.01-diverse": {"train.increment_method": "l2", "train.l2_weight": 0.01, **DIVERSE},
     "replay-diverse": {"train.increment_method": "replay", **DIVERSE},
     "distill+l2-diverse": {"train.increment_method": "distill+l2", **DIVERSE},
+    "replay-each-epoch": {"train.increment_method": "replay", **EACH_EPOCH},
+    "l2-0.01-each-epoch": {"train.increment_method": "l2", "train.l2_weight": 0.01, **EACH_EPOCH},
+    "l2-0.003-each-epoch": {"train.increment_method": "l2", "train.l2_weight": 0.003, **EACH_EPOCH},
 }
 RECIPE = ("increment_method", "distill_weight", "l2_weight")  # what an increment is trained with
 EVAL = f"Q4_K_M via llama.cpp, greedy + {K_MAX} samples at the served temperature"
 
 
-def _questions(home: Path):
-    """The questions `make demo` compares v2 on: the fixed set plus batch 2's held-out rows."""
-    from loraship import paths, pipeline
+def _questions():
+    """The questions `make demo` compares v2 on: the fixed set plus the held-out test rows of
+    today's split (batch 2's as new, batch 1's as old), and the config that asks them."""
     from loraship.data import prepare as data
     from loraship.evaluate import compare
-    from loraship.store import versions
 
-    _use_home(home)
-    cfg = pipeline.load_config("demo")
-    v2 = versions.get("demo", "v2")
-    # the repository's question set (LORASHIP_PROJECT points at this bench's scratch home)
-    qs = compare.load_questions(Path("ollama/questions").resolve() / f"{cfg.compare.questions}.yaml")
-    d = v2.path / paths.DATA_DIR
-    qs += compare.questions_from_rows(data.load_rows(d / "test.jsonl"), "new", "test:v2",
-                                      cfg.compare.max_test_rows, cfg.compare.seed)
-    qs += compare.questions_from_rows(data.load_rows(d / "old_test.jsonl"), "old", "test:ancestors",
-                                      cfg.compare.max_test_rows, cfg.compare.seed)
+    cfg = _demo_config(Path("train/demo.yaml").read_text())
+    qs = compare.load_questions(Path("ollama/questions") / f"{cfg.compare.questions}.yaml")
+    with _scratch_data(cfg) as root:
+        qs += compare.questions_from_rows(data.load_rows(root / "v2" / "test.jsonl"), "new", "test:v2",
+                                          cfg.compare.max_test_rows, cfg.compare.seed)
+        qs += compare.questions_from_rows(data.load_rows(root / "v2" / "old_test.jsonl"), "old", "test:ancestors",
+                                          cfg.compare.max_test_rows, cfg.compare.seed)
     return qs, cfg
+
+
+@contextmanager
+def _scratch_data(cfg):
+    """Today's data stage on the demo's batches in a scratch folder: v1 (batch 1), v2 (batch 2 on
+    v1) and the retrain (both) as version folders (their data/ files) under the yielded root."""
+    import tempfile
+
+    from loraship.data.prepare import EarlierVersion, prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prepare([b.resolve() for b in DATA[0]], [], cfg.data, root / "v1", version_id="v1")
+        prepare([b.resolve() for b in DATA[1]], [EarlierVersion("v1", root / "v1", True)], cfg.data, root / "v2",
+                version_id="v2")
+        prepare([b.resolve() for b in DATA[0] + DATA[1]], [], cfg.data, root / "retrain", version_id="v1")
+        yield root
 
 
 def _train_export(home: Path, batches: list[Path], overrides: dict) -> dict:
     from loraship import pipeline
     from loraship.store import versions
 
-    inputs = _inputs()  # before training: what it was trained on, even if a file changes meanwhile
+    inputs = _training_inputs()  # before training: what it was trained on, even if a file changes meanwhile
     _use_home(home)
     cfg = pipeline.load_config("demo", overrides=overrides)
     pipeline.stage_data("demo", cfg, [b.resolve() for b in batches], warn=lambda s: None)
@@ -116,22 +137,65 @@ def _train_export(home: Path, batches: list[Path], overrides: dict) -> dict:
     train = versions.get("demo", version.id).stage("train")
     return {"version": version.id, "gguf": str(version.path / next(iter(rec["ggufs"].values()))),
             "train_s": train["runtime_s"], "steps": train.get("global_steps"),
-            "train_tokens": train.get("train_tokens"), "inputs": inputs}
+            "train_tokens": train.get("train_tokens"), "trained_on": inputs}
 
 
-def _inputs() -> str:
-    return _inputs_sha(DATA)
+_TRAINING_INPUTS: dict[str, str] = {}
+
+
+def _training_inputs(config_text: str | None = None) -> str:
+    """What decides a model's weights and GGUF, and nothing else: the demo config without its
+    `compare` section and split fractions, and the rows each version trains on (today's data stage
+    on the demo's batches, in a scratch folder: v1, the default v2 on it, the retrain), with the
+    val rows where they can pick the epoch kept. The questions, the compare settings and which
+    held-out rows are val or test decide only the answers, which the cells key per question; so
+    a demo that holds out more test rows from the same training rows keeps its models."""
+    import hashlib
+
+    import yaml
+
+    from loraship.data.prepare import FINAL, POOL, VAL
+
+    config_text = Path("train/demo.yaml").read_text() if config_text is None else config_text
+    key = hashlib.sha256(config_text.encode() + b"".join(p.read_bytes() for b in DATA for p in b)).hexdigest()
+    if key in _TRAINING_INPUTS:
+        return _TRAINING_INPUTS[key]
+    config = yaml.safe_load(config_text)
+    config.pop("compare", None)
+    config.get("data", {}).pop("split", None)
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    cfg = _demo_config(config_text)
+    with _scratch_data(cfg) as root:
+        picks_epoch = cfg.train.load_best_epoch or cfg.train.early_stopping_patience > 0
+        for version in ("v1", "v2", "retrain"):
+            for name in (FINAL, POOL) + ((VAL,) if picks_epoch else ()):
+                if (root / version / name).exists():
+                    h.update(f"{version}/{name}".encode() + (root / version / name).read_bytes())
+    _TRAINING_INPUTS[key] = h.hexdigest()[:16]
+    return _TRAINING_INPUTS[key]
+
+
+def _demo_config(config_text: str):
+    """The demo's config as loraship reads it (outside any bench home)."""
+    import tempfile
+
+    from loraship import config as config_mod
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demo.yaml"
+        path.write_text(config_text)
+        return config_mod.load(path)
 
 
 def _cached_model(done: Path) -> dict | None:
-    """A finished model's record, or None when it was trained on other inputs (demo config, data,
-    questions) than today's. Steps and tokens are read from its version's manifest where the
+    """A finished model's record, or None when it was trained on other rows or settings than
+    today's (`_training_inputs`). Steps and tokens are read from its version's manifest where the
     record predates them (they are what compares training cost whatever else ran beside it)."""
     if not done.exists():
         return None
     rec = json.loads(done.read_text())
-    if rec.get("inputs") != _inputs():
-        _say(f"{done.parent.name}: trained on other demo inputs; training it again")
+    if rec.get("trained_on") != _training_inputs():
+        _say(f"{done.parent.name}: trained on other demo rows or settings; training it again")
         return None
     if "steps" not in rec:
         train = _manifest(rec)["stages"]["train"]
@@ -166,7 +230,8 @@ def _recipe_trained(rec: dict) -> dict:
     hp = manifest["stages"]["train"]["hyperparameters"]
     data = manifest["stages"]["data"]
     return _recipe(hp, data["replay_ratio"]["requested"],
-                   data["replay"].get("selection", "random"))  # (random before there was a choice)
+                   data["replay"].get("selection", "random"),  # (random before there was a choice)
+                   bool(data["replay"].get("each_epoch")))
 
 
 def _recipe_today(home: Path, overrides: dict) -> dict:
@@ -178,13 +243,14 @@ def _recipe_today(home: Path, overrides: dict) -> dict:
     _use_home(home)
     cfg = pipeline.load_config("demo", overrides=overrides)
     values, _ = hparams.choose(cfg.train, 1, is_increment=True, device="cpu", strategy=cfg.train.strategy)
-    return _recipe(values, cfg.data.replay_ratio, cfg.data.replay_selection)
+    return _recipe(values, cfg.data.replay_ratio, cfg.data.replay_selection, cfg.data.replay_each_epoch)
 
 
-def _recipe(hyperparameters: dict, replay_ratio: float, selection: str) -> dict:
-    # without replay there is nothing to select
+def _recipe(hyperparameters: dict, replay_ratio: float, selection: str, each_epoch: bool) -> dict:
+    # without replay there is nothing to select or draw again
     return {**{k: hyperparameters[k] for k in RECIPE}, "replay_ratio": replay_ratio,
-            "replay_selection": selection if replay_ratio else None}
+            "replay_selection": selection if replay_ratio else None,
+            "replay_each_epoch": bool(each_epoch and replay_ratio)}
 
 
 def v2_model(seed: int, name: str, overrides: dict, work: Path) -> dict:
@@ -203,38 +269,62 @@ def v2_model(seed: int, name: str, overrides: dict, work: Path) -> dict:
 
 
 def answers(model: dict, questions, cfg, cells: Path, key: str) -> dict:
-    """Greedy accuracy and K_MAX sampled accuracies per question, cached by model and inputs."""
+    """Greedy accuracy and K_MAX sampled accuracies per question. Cached per question: a question
+    is asked again only when its text, reference or facts changed, or the model or how it is
+    served did; a question added to the set is asked of every cached model alone."""
     from loraship.evaluate import compare, sampling, scoring
     from loraship.evaluate.backends import LlamaCppBackend
     from loraship.evaluate.candidate import Candidate
 
-    spec = _answers_spec(model, key, questions)
-    path = cells / f"{key}.json"
-    if rec := _cached(path, spec):
-        return rec
     measure = sampling.choose(_with_samples(cfg.compare, K_MAX), cfg.ollama.temperature)
     greedy_opts = compare.options_for(cfg.compare)
     sample_opts = sampling.options(greedy_opts, measure)
-    c = Candidate(key, "v1", gguf_path=Path(model["gguf"]))
-    out: dict = {"spec": spec, "greedy": {}, "samples": {}, "measure": measure.record()}
-    t0 = time.time()
-    with LlamaCppBackend(n_ctx=cfg.ollama.num_ctx or 2048, n_threads=os.cpu_count()) as backend:
-        for q in questions:
-            msgs = ([{"role": "system", "content": cfg.ollama.system}] if cfg.ollama.system else []) + \
-                   [{"role": "user", "content": q.question}]
-            out["greedy"][q.id] = scoring.accuracy(backend.answer(c, msgs, greedy_opts), q.reference, q.facts)[0]
-            texts = backend.samples(c, msgs, sample_opts, list(measure.seeds))
-            out["samples"][q.id] = [scoring.accuracy(t, q.reference, q.facts)[0] for t in texts]
-    out["answer_s"] = round(time.time() - t0, 1)
-    return _save(path, out)
+    spec = _answers_spec(model, key, cfg, greedy_opts, measure.record())
+    path = cells / f"{key}.json"
+    rec = _cell(path, spec)
+    todo = [q for q in questions if rec["asked"].get(q.id) != _asked(q)]
+    if todo:
+        c = Candidate(key, "v1", gguf_path=Path(model["gguf"]))
+        with LlamaCppBackend(n_ctx=cfg.ollama.num_ctx or 2048, n_threads=os.cpu_count()) as backend:
+            for q in todo:
+                t0 = time.time()
+                msgs = ([{"role": "system", "content": cfg.ollama.system}] if cfg.ollama.system else []) + \
+                       [{"role": "user", "content": q.question}]
+                rec["greedy"][q.id] = scoring.accuracy(backend.answer(c, msgs, greedy_opts), q.reference, q.facts)[0]
+                texts = backend.samples(c, msgs, sample_opts, list(measure.seeds))
+                rec["samples"][q.id] = [scoring.accuracy(t, q.reference, q.facts)[0] for t in texts]
+                rec["seconds"][q.id] = round(time.time() - t0, 2)
+                rec["asked"][q.id] = _asked(q)
+        _save(path, rec)
+    ids = [q.id for q in questions]
+    return {**{part: {i: rec[part][i] for i in ids} for part in ("greedy", "samples", "seconds", "asked")},
+            "spec": spec, "answer_s": round(sum(rec["seconds"][i] for i in ids), 1), "asked_now": len(todo)}
 
 
-def _answers_spec(model: dict, key: str, questions) -> dict:
-    """What a model's cached answers are of. The GGUF is named by its version folder, which carries
-    the training's timestamp: a model trained again (its v1 was, or its recipe changed) under the
-    same key must be answered again, not read from the last one's cell."""
+def _asked(q) -> str:
+    """A question as the model is asked it and its answer scored."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([q.question, q.reference, list(q.facts)]).encode()).hexdigest()[:16]
+
+
+def _cell(path: Path, spec: dict) -> dict:
+    """A model's cell: its answers so far when they are of this model served this way, else empty."""
+    empty = {"spec": spec, "greedy": {}, "samples": {}, "seconds": {}, "asked": {}}
+    if not path.exists():
+        return empty
+    rec = json.loads(path.read_text())
+    return rec if rec.get("spec") == spec else empty
+
+
+def _answers_spec(model: dict, key: str, cfg, options: dict, measure: dict) -> dict:
+    """What a model's cached answers are of, apart from the questions. The GGUF is named by its
+    version folder, which carries the training's timestamp: a model trained again (its v1 was, or
+    its recipe changed) under the same key must be answered again, not read from the last one's
+    cell; the serving settings are what the demo's compare would ask with."""
     gguf = f"{_version_dir(model).name}/{Path(model['gguf']).name}"
-    return {"model": key, "gguf": gguf, "eval": EVAL, "inputs": _inputs(), "questions": [q.id for q in questions]}
+    serving = {"system": cfg.ollama.system, "num_ctx": cfg.ollama.num_ctx, "greedy": options, "sampled": measure}
+    return {"model": key, "gguf": gguf, "eval": EVAL, "serving": serving}
 
 
 def _with_samples(compare_cfg, k: int):
@@ -255,7 +345,7 @@ def run(seeds: int, out: Path, retrain_seeds: int, variants: list[str]) -> dict:
             models[f"default/{seed}"] = v2_model(seed, "default", {}, work)
             models[f"forget/{seed}"] = v2_model(seed, "forget", FORGET, work)
         if questions is None:
-            questions, cfg = _questions(work / f"seed{seed_list[0]}-default")
+            questions, cfg = _questions()
         _say(f"seed {seed}: trained and exported ({time.time() - t0:.0f} s)")
         _answer_all(models, seed, questions, cfg, cells)
     for seed in seed_list[:min(retrain_seeds, seeds)]:  # after the calibration's models: the arm comes second
@@ -271,11 +361,17 @@ def run(seeds: int, out: Path, retrain_seeds: int, variants: list[str]) -> dict:
 
 
 def replayed_questions(model: dict, questions) -> list[str]:
-    """The old questions whose fact a row of this v2's replay set teaches (none without replay)."""
+    """The old questions whose fact a row of this v2's replay set teaches (none without replay);
+    with replay drawn again each epoch, a row any epoch replayed."""
     from loraship.data.prepare import load_rows
+    from loraship.train.replay_epochs import draws_for
 
-    final = _version_dir(model) / "data" / "incremental_replay_final.jsonl"
-    taught = [row_tokens(r) for r in load_rows(final) if r["origin"] == "replay"]
+    data_dir = _version_dir(model) / "data"
+    final = load_rows(data_dir / "incremental_replay_final.jsonl")
+    stages = _manifest(model)["stages"]
+    draws = draws_for(data_dir, stages["data"], final, stages["train"]["hyperparameters"]["num_train_epochs"])
+    replayed = [r for d in draws.per_epoch for r in d] if draws else [r for r in final if r["origin"] == "replay"]
+    taught = [row_tokens(r) for r in replayed]
     return [q.id for q in questions if q.knowledge == "old" and any(teaches(q.question, q.facts, t) for t in taught)]
 
 
@@ -283,7 +379,8 @@ def _answer_all(models: dict, seed: int, questions, cfg, cells: Path) -> None:
     for key in [k for k in models if k.endswith(f"/{seed}") and "answers" not in models[k]]:
         t1 = time.time()
         models[key]["answers"] = answers(models[key], questions, cfg, cells, key.replace("/", "-"))
-        _say(f"  {key}: answered {len(questions)} questions ({time.time() - t1:.0f} s)")
+        _say(f"  {key}: {models[key]['answers']['asked_now']} of {len(questions)} questions asked now, the rest "
+             f"cached ({time.time() - t1:.0f} s)")
 
 
 def main() -> None:

@@ -153,3 +153,15 @@ def test_diverse_replay_carries_a_row_of_almost_every_old_fact(prepared, tmp_pat
         taught = [row_tokens(r) for r in load_rows(out / "incremental_replay_final.jsonl") if r["origin"] == "replay"]
         covered[selection] = sum(any(teaches(q.question, q.facts, t) for t in taught) for q in old)
     assert covered["diverse"] >= len(old) - 1 and covered["diverse"] > covered["random"], covered
+
+
+def test_the_demo_compares_on_every_held_out_row(prepared):
+    """The gate's intervals narrow with questions, so every row the demo holds out of training as a
+    test row is asked (none is dropped by compare.max_test_rows), and the val split, which only the
+    export's quantization check reads (the demo keeps its last epoch), still has rows for it."""
+    cfg = config_mod.load(CONFIG)
+    assert not cfg.train.load_best_epoch and cfg.train.early_stopping_patience == 0
+    for version in ("v1", "v2"):
+        counts = prepared[version][0]["counts"]
+        assert 0 < counts["test"] <= cfg.compare.max_test_rows, (version, counts["test"])
+        assert counts["val"] >= 5, (version, counts["val"])

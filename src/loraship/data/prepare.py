@@ -6,6 +6,8 @@
     val.jsonl, test.jsonl            new rows only (never replay)
     incremental_replay_final.jsonl   the final training set: train.jsonl + replayed rows
     old_test.jsonl                   the lineage ancestors' test rows ("old knowledge")
+    replay_pool.jsonl                only with data.replay_each_epoch and replay: every row eligible
+                                     for replay, which training draws from again for each epoch
     invalid.jsonl                    only with strict=False and rejected rows: the report
     feedback_replay.jsonl            only with feedback: confirmed answers, replay-eligible from now on
 
@@ -28,6 +30,7 @@ from loraship.data import feedback as fb_mod
 from loraship.data.load import Problem, dumps_rows, load_rows, read_input
 from loraship.data.mix import (
     BAND,
+    as_replay,
     mix_final,
     replay_wanted,
     sample_replay,
@@ -39,11 +42,12 @@ from loraship.paths import parse_version_id
 from loraship.store import atomic
 from loraship.store.hashing import sha256_file
 
-__all__ = ["EarlierVersion", "prepare", "load_rows", "summary_lines", "FINAL_FILES", "split_sizes"]
+__all__ = ["EarlierVersion", "prepare", "load_rows", "summary_lines", "FINAL_FILES", "POOL", "split_sizes"]
 
 TRAIN, VAL, TEST = "train.jsonl", "val.jsonl", "test.jsonl"
 FINAL, OLD_TEST, INVALID = "incremental_replay_final.jsonl", "old_test.jsonl", "invalid.jsonl"
 FINAL_FILES = (TRAIN, VAL, TEST, FINAL, OLD_TEST)  # the dataset whose sha256 the manifest records
+POOL = "replay_pool.jsonl"  # part of that dataset where written (data.replay_each_epoch)
 MAX_WARNINGS = 10
 _COUNT_KEYS = ("new_valid", "invalid", "duplicates_in_new", "duplicates_vs_earlier", "leaked_test_rows_dropped",
                "new_kept", "train", "val", "test", "replayed", "final_train", "old_test")
@@ -216,7 +220,9 @@ def _write(out_dir: Path, contents: dict[str, str]) -> dict[str, dict[str, Any]]
 
 
 def _dataset_sha256(records: dict[str, dict[str, Any]]) -> str:
-    text = "".join(f"{name}\t{records[name]['sha256']}\n" for name in FINAL_FILES)
+    # The pool only where written, so versions without it keep the digest they always had.
+    names = FINAL_FILES + ((POOL,) if POOL in records else ())
+    text = "".join(f"{name}\t{records[name]['sha256']}\n" for name in names)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -264,6 +270,8 @@ def prepare(new_files: list[Path], earlier: list[EarlierVersion], cfg: DataConfi
     final = mix_final(train, replay, cfg.seed, version_id)
     contents = {TRAIN: dumps_rows(train), VAL: dumps_rows(val), TEST: dumps_rows(test),
                 FINAL: dumps_rows(final), OLD_TEST: dumps_rows(hist.old_test)}
+    if cfg.replay_each_epoch and replay:
+        contents[POOL] = dumps_rows([as_replay(r) for r in hist.pool])  # sample_replay's input, in its order
     if problems:
         contents[INVALID] = dumps_rows([p.record() for p in problems])
     if fb and fb.replay:
@@ -298,7 +306,7 @@ def _summary(version_id: str, cfg: DataConfig, strict: bool, inputs: list[dict],
         "replay_ratio": {"requested": cfg.replay_ratio,
                          "actual": round(len(replay) / counts["final_train"], 6)},
         "replay": {"wanted": wanted, "available": len(hist.pool), "ancestors": hist.ancestors,
-                   "selection": cfg.replay_selection,
+                   "selection": cfg.replay_selection, "each_epoch": bool(cfg.replay_each_epoch and replay),
                    "per_version": {v: per_version[v] for v in sorted(per_version, key=parse_version_id)},
                    "rows": [{"id": r["id"], "from_version": r["from_version"]} for r in replay]},
         "earlier_versions": sorted(hist.all_ids, key=parse_version_id),
@@ -320,6 +328,8 @@ def summary_lines(summary: dict) -> list[str]:
     else:
         sources = ", ".join(f"{v} ({n})" for v, n in rep["per_version"].items()) or "none"
         chosen = f", {rep['selection']} selection" if rep.get("selection") else ""
+        if rep.get("each_epoch"):
+            chosen += f", drawn again each epoch from {rep['available']} eligible rows"
         lines.append(f"replay: {c['replayed']} rows from {sources}{chosen}; ratio {ratio['requested']:.2f} requested,"
                      f" {ratio['actual']:.3f} actual; training set {c['final_train']} rows")
         lines.append(f"old test pool: {c['old_test']} rows from {', '.join(rep['ancestors'])}")

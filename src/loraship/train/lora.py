@@ -24,7 +24,7 @@ from loraship.data import prepare as data
 from loraship.errors import VersionError
 from loraship.store import manifest
 from loraship.store.versions import Version, get
-from loraship.train import completion_loss, console, hparams, retention, speed
+from loraship.train import completion_loss, console, hparams, replay_epochs, retention, speed
 from loraship.train import device as device_mod
 from loraship.train.arguments import training_arguments
 from loraship.train.chat_data import encode_rows, row_lengths
@@ -180,8 +180,13 @@ def _encode(cfg: Config, tok, train_rows: list, val_rows: list, max_len: int, lo
 def _load_for_training(cfg: Config, version: Version, base_path: Path, dev, strategy: str, parent, parent_stage,
                        hp: dict, enc_train, log: Progress):
     """The peft model (base + adapter chain), its retention keeper and the speed plan."""
+    from transformers import set_seed
+
     quant = _qlora_config(dev) if cfg.train.load_in_4bit else None
     model = base_model.load_model(base_path, dev.torch_dtype(), cfg.train.trust_remote_code, quant)
+    # The adapter's initial weights are drawn here, before the Trainer seeds anything: without
+    # this, two runs with the same recorded seed started from unrelated adapters.
+    set_seed(hp["seed"])
     hp["target_modules"] = hparams.resolve_targets(model, hp["target_modules"])
     model, chain = _build_peft_model(cfg, version, strategy, model, parent, parent_stage, hp, log)
     keeper = retention.for_version(model, hp, strategy, parent.path / paths.ADAPTER_DIR if parent else None)
@@ -297,14 +302,22 @@ def train_version(
     model, chain, keeper, fast = _load_for_training(cfg, version, base_path, dev, strategy, parent, parent_stage,
                                                     hp, enc_train, log)
 
-    train_ds = [{"input_ids": i, "labels": lab, "replay": r}
-                for i, lab, r in zip(enc_train.input_ids, enc_train.labels, enc_train.replay)]
+    train_ds = _items(enc_train)
+    draws = replay_epochs.draws_for(data_dir, version.stage("data"), train_rows, hp["num_train_epochs"])
+    if draws is not None:
+        later = [_items(encode_rows(tok, rows, hp["max_seq_length"], cfg.ollama.system)) for rows in draws.per_epoch[1:]]
+        train_ds = replay_epochs.EpochReplayDataset(train_ds, later)
+        planned = draws.record([])
+        log(f"replay drawn again each epoch: {planned['epochs'][0]['rows']} rows per epoch from {planned['pool_rows']}"
+            f" eligible; {planned['distinct_rows_replayed']} distinct rows over {len(draws.per_epoch)} epochs")
     val_ds = [{"input_ids": i, "labels": lab} for i, lab in zip(enc_val.input_ids, enc_val.labels)]
     has_val = len(val_ds) > 0
     args = training_arguments(cfg, dev, hp, fast, ckpt_dir, has_val)
     meter = _token_meter(TrainerCallback)
     # After the meter, whose on_log adds tokens/s to the logs the console shows and keeps.
     callbacks = [meter, console.console_callback(TrainerCallback, version.path / console.TRAIN_LOG, log, progress)]
+    if draws is not None:
+        callbacks.append(replay_epochs.epoch_callback(TrainerCallback, train_ds))
     if has_val and cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = completion_loss.trainer_class(Trainer, keeper)(
@@ -315,8 +328,15 @@ def train_version(
     result = _run(trainer, ckpt_dir, resume, hp["seed"], log)
     if not _save_adapter(trainer, keeper, tok, version, ckpt_dir):
         return {}
-    return _record(cfg, strategy, parent, chain, fingerprint, dev, fast, hp, reasons, enc_train, enc_val,
-                   trainer, meter, result, has_val, started)
+    record = _record(cfg, strategy, parent, chain, fingerprint, dev, fast, hp, reasons, enc_train, enc_val,
+                     trainer, meter, result, has_val, started)
+    if draws is not None:
+        record["replay_each_epoch"] = draws.record(train_ds.served)
+    return record
+
+
+def _items(enc) -> list[dict]:
+    return [{"input_ids": i, "labels": lab, "replay": r} for i, lab, r in zip(enc.input_ids, enc.labels, enc.replay)]
 
 
 def _token_meter(callback_base):
