@@ -28,11 +28,11 @@ FIRST_LR = 2e-4
 # facts at the parent's rate. So increments train at their parent's rate and the pull
 # (plus the parent's own answers on replayed rows) does the keeping. Measured again on the
 # demo as it ships, against a retrain on all data (`make bench-gate` recipes, 3 seeds): the
-# pull costs ~25 new points; a third of it (l2 at 0.01) costs 12 and trains in 0.6x the time,
-# but its versions lose 2-5 old points, which the gate does not pass; so the default stays.
+# pull costs ~25 new points; a third of it (l2 at 0.01) costs 12, but its versions lose 2-5
+# old points, which the gate does not pass; so the default stays.
 # With the replay drawn again each epoch (data.replay_each_epoch) and l2 at 0.003, an
-# increment came within 5 points of the retrain on both, but the gate passed 2 of its 3 seeds
-# where it passes the default's 5 of 5: a candidate to calibrate, not yet the default.
+# increment came within 5 points of the retrain on both (5 seeds), but the gate passed 3 of its
+# 5 seeds where it passes the default's 5 of 5; so the default stays.
 MEASURED = "measured best of `make bench-forgetting` (docs/benchmarks.md)"
 INCREMENT_METHOD = "distill+l2"  # strategy continue: the measured best
 # l2 needs the parent's weights, which only `continue` trains further; a stacked adapter
