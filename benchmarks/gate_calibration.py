@@ -52,6 +52,16 @@ def _interval(parent: dict, cand: dict, ids: list[str], k: int, gate: GateConfig
                                    gate.resamples, gate.seed, samples=k)
 
 
+def _rounded(iv: stats.Interval) -> list[float]:
+    """[estimate, low, high] to 0.1 point, as the JSON keeps an interval."""
+    return [round(iv.estimate, 1), round(iv.low, 1), round(iv.high, 1)]
+
+
+def _signed(t: list[float]) -> str:
+    """A kept [estimate, low, high] as the tables print it: +1.0 [-2.0, +4.0]."""
+    return f"{t[0]:+.1f} [{t[1]:+.1f}, {t[2]:+.1f}]"
+
+
 def _rate(hits: int, n: int, confidence: float) -> dict:
     lo, hi = stats.wilson(hits, n, confidence)
     return {"hits": hits, "n": n, "rate": round(100 * hits / n, 1), "low": round(100 * lo, 1),
@@ -93,7 +103,7 @@ def _measure_rows(models: dict, pairs: dict, ids: dict, k: int, gate: GateConfig
     for row in rows:
         row["old_loss_half_width"] = widths
         row["old_loss_estimates"] = estimates
-        row["default_new_gain"] = [[round(g.estimate, 1), round(g.low, 1), round(g.high, 1)] for g in gain]
+        row["default_new_gain"] = [_rounded(g) for g in gain]
     return rows
 
 
@@ -131,7 +141,7 @@ def retrain_comparison(models: dict, ids: dict, seeds: list[int], gate: GateConf
             iv = stats.paired_difference(a, b, gate.confidence, gate.resamples, gate.seed,
                                          samples=draws if draws > 1 else 0)
             out[f"{name}_{side}"] = {"retrain": round(float(a.mean()), 1), "incremental": round(float(b.mean()), 1),
-                                     "difference": [round(iv.estimate, 1), round(iv.low, 1), round(iv.high, 1)]}
+                                     "difference": _rounded(iv)}
     for field in ("train_s", "steps", "train_tokens"):
         if all(models[m].get(field) for m in ret + inc):
             out[f"{field}_retrain"] = round(_mean(models, ret, field), 1)
@@ -159,8 +169,8 @@ def recipe_verdicts(models: dict, ids: dict, seeds: list[int], gate: GateConfig,
         out["seeds"].append(s)
         out["verdicts"].append(verdict_of([{"result": decide(gain.low, gain.high, gate.min_new_gain, True)},
                                            {"result": decide(loss.low, loss.high, gate.max_old_loss, False)}]))
-        out["old_loss"].append([round(loss.estimate, 1), round(loss.low, 1), round(loss.high, 1)])
-        out["new_gain"].append([round(gain.estimate, 1), round(gain.low, 1), round(gain.high, 1)])
+        out["old_loss"].append(_rounded(loss))
+        out["new_gain"].append(_rounded(gain))
     return out
 
 
@@ -185,7 +195,7 @@ def replay_coverage(models: dict, ids: dict, seeds: list[int], gate: GateConfig,
     for name, (p, c) in groups.items():
         if p:
             iv = stats.paired_difference(p, c, gate.confidence, gate.resamples, gate.seed, samples=k).negated()
-            out[name] = {"pairs": len(p), "old_loss": [round(iv.estimate, 1), round(iv.low, 1), round(iv.high, 1)]}
+            out[name] = {"pairs": len(p), "old_loss": _rounded(iv)}
     return out
 
 
@@ -238,7 +248,7 @@ def table(report: dict) -> str:
         for key in ("sampled_old", "sampled_new", "greedy_old", "greedy_new"):
             d = rt[key]["difference"]
             lines.append(f"| {key.replace('_', ' ')} facts | {rt[key]['retrain']} | {rt[key]['incremental']} | "
-                         f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}] |")
+                         f"{_signed(d)} |")
         for field, label in (("train_s", "training s"), ("steps", "optimizer steps"), ("train_tokens", "tokens")):
             if f"{field}_share" in rt:
                 lines.append(f"| {label} | {rt[f'{field}_retrain']:g} | {rt[f'{field}_incremental']:g} | "
@@ -260,9 +270,8 @@ def _recipes_table(recipes: dict) -> list[str]:
     for name, r in rows.items():
         rt, g = r["vs_retrain"], r["gate"]
         old, new = rt["sampled_old"]["difference"], rt["sampled_new"]["difference"]
-        judged = ", ".join(f"{v} {lo[0]:+.1f} [{lo[1]:+.1f}, {lo[2]:+.1f}]" for v, lo in zip(g["verdicts"], g["old_loss"]))
-        lines.append(f"| {name} | {old[0]:+.1f} [{old[1]:+.1f}, {old[2]:+.1f}] | {new[0]:+.1f} [{new[1]:+.1f}, "
-                     f"{new[2]:+.1f}] | {rt.get('train_s_share', float('nan')):.2f}x | "
+        judged = ", ".join(f"{v} {_signed(lo)}" for v, lo in zip(g["verdicts"], g["old_loss"]))
+        lines.append(f"| {name} | {_signed(old)} | {_signed(new)} | {rt.get('train_s_share', float('nan')):.2f}x | "
                      f"{rt.get('steps_share', float('nan')):.2f}x | {_coverage_cell(r.get('coverage'))} | {judged} |")
     return lines
 
@@ -270,5 +279,5 @@ def _recipes_table(recipes: dict) -> list[str]:
 def _coverage_cell(coverage: dict | None) -> str:
     if not coverage:
         return "-"
-    return " / ".join(f"{c['old_loss'][0]:+.1f} [{c['old_loss'][1]:+.1f}, {c['old_loss'][2]:+.1f}] ({c['pairs']})"
-                      if (c := coverage.get(name)) else "-" for name in ("replayed", "not_replayed"))
+    return " / ".join(f"{_signed(c['old_loss'])} ({c['pairs']})" if (c := coverage.get(name)) else "-"
+                      for name in ("replayed", "not_replayed"))
